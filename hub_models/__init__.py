@@ -1,0 +1,1 @@
+"""Video Swin Transformer for TensorFlow: model, variant registry, checkpoint conversion."""

@@ -1,0 +1,95 @@
+"""3D (shifted) window self-attention and the Swin Transformer block built on it."""
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from hub_models import layers
+from hub_models import windows
+
+
+class WindowAttention(tf.Module):
+  """Multi-head self-attention inside windows, with a learned relative-position bias.
+
+  The bias table is sized from the CONFIGURED window, `(2Wd-1)(2Wh-1)(2Ww-1)` rows x heads, and
+  indexed with the first N x N entries of the configured window's index when the window shrinks,
+  exactly as the official model does, so official weights apply at every input size.
+  """
+
+  def __init__(self, features: int, num_heads: int, window_size: Sequence[int], name=None):
+    super().__init__(name=name)
+    self.num_heads = num_heads
+    self.window_size = tuple(window_size)
+    self.scale = (features // num_heads) ** -0.5
+    wd, wh, ww = self.window_size
+    table_rows = (2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1)
+    self.relative_position_bias_table = tf.Variable(
+        tf.random.truncated_normal([table_rows, num_heads], stddev=0.02),
+        name="relative_position_bias_table")
+    self.qkv = layers.Dense(features, 3 * features, name="qkv")
+    self.proj = layers.Dense(features, features, name="proj")
+
+  def relative_position_bias(self, tokens: int) -> tf.Tensor:
+    """Bias `[heads, N, N]` float32 for a window of `tokens` tokens."""
+    index = windows.relative_position_index(self.window_size)[:tokens, :tokens]
+    bias = tf.gather(self.relative_position_bias_table, tf.reshape(index, [-1]))
+    return tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1])
+
+  def __call__(self, x: tf.Tensor, mask: Optional[tf.Tensor]) -> tf.Tensor:
+    """Attends within each window.
+
+    Args:
+      x: `[B * nW, N, C]` float32 windows, batch-major.
+      mask: `[nW, N, N]` float32 additive mask for shifted windows, or None.
+    Returns:
+      `[B * nW, N, C]` float32.
+    """
+    tokens, features = x.shape[1], x.shape[2]
+    head_dim = features // self.num_heads
+    qkv = tf.reshape(self.qkv(x), [-1, tokens, 3, self.num_heads, head_dim])
+    q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
+    attn = tf.matmul(q * self.scale, k, transpose_b=True)
+    attn = attn + self.relative_position_bias(tokens)
+    if mask is not None:
+      num_windows = mask.shape[0]
+      attn = tf.reshape(attn, [-1, num_windows, self.num_heads, tokens, tokens])
+      attn = tf.reshape(attn + mask[:, None], [-1, self.num_heads, tokens, tokens])
+    out = tf.matmul(tf.nn.softmax(attn), v)
+    out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, tokens, features])
+    return self.proj(out)
+
+
+class SwinBlock(tf.Module):
+  """x + Attn(LN(x)) over (shifted) windows, then x + MLP(LN(x)); `[B, D, H, W, C]` in and out."""
+
+  def __init__(self, features: int, num_heads: int, window_size: Sequence[int], shifted: bool,
+               mlp_ratio: float, drop_path_rate: float, epsilon: float, name=None):
+    super().__init__(name=name)
+    self.window_size = tuple(window_size)
+    self.shift_size = tuple(w // 2 if shifted else 0 for w in window_size)
+    self.drop_path_rate = drop_path_rate
+    self.norm1 = layers.LayerNorm(features, epsilon, name="norm1")
+    self.attn = WindowAttention(features, num_heads, window_size, name="attn")
+    self.norm2 = layers.LayerNorm(features, epsilon, name="norm2")
+    self.mlp = layers.Mlp(features, int(features * mlp_ratio), name="mlp")
+
+  def __call__(self, x: tf.Tensor, mask: Optional[tf.Tensor], training: bool = False) -> tf.Tensor:
+    """`mask` is the stage's shift mask (see `windows.shift_mask`), used only by shifted blocks."""
+    grid = tuple(x.shape[1:4])
+    window, shift = windows.effective_window(grid, self.window_size, self.shift_size)
+    padded = windows.padded_grid(grid, window)
+
+    y = self.norm1(x)
+    # Padding comes after the norm and padded tokens stay visible as keys, as in the official model.
+    if padded != grid:
+      y = tf.pad(y, [[0, 0]] + [[0, p - g] for p, g in zip(padded, grid)] + [[0, 0]])
+    if any(shift):
+      y = tf.roll(y, shift=[-s for s in shift], axis=[1, 2, 3])
+    y = self.attn(windows.partition(y, window), mask if any(shift) else None)
+    y = windows.merge(y, window, padded)
+    if any(shift):
+      y = tf.roll(y, shift=list(shift), axis=[1, 2, 3])
+    if padded != grid:
+      y = y[:, :grid[0], :grid[1], :grid[2]]
+    x = x + layers.drop_path(y, self.drop_path_rate, training)
+    return x + layers.drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, training)

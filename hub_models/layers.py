@@ -1,0 +1,112 @@
+"""Small building blocks of the Video Swin backbone, each a `tf.Module` with one job.
+
+All tensors are channels-last. Variables are stored in TensorFlow's layout (Dense kernels
+`[in, out]`, Conv3D kernels `[kd, kh, kw, in, out]`); `conversion.py` maps PyTorch weights onto them.
+"""
+
+from typing import Sequence
+
+import tensorflow as tf
+
+
+def _truncated_normal(shape, stddev=0.02):
+  return tf.random.truncated_normal(shape, stddev=stddev)
+
+
+class Dense(tf.Module):
+  """Affine map over the last axis: `[..., in]` -> `[..., out]` float32 (PyTorch `nn.Linear`)."""
+
+  def __init__(self, in_features: int, out_features: int, use_bias: bool = True, name=None):
+    super().__init__(name=name)
+    self.kernel = tf.Variable(_truncated_normal([in_features, out_features]), name="kernel")
+    self.bias = tf.Variable(tf.zeros([out_features]), name="bias") if use_bias else None
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    # A 2-D matmul is markedly faster on CPU than a broadcasting batch matmul.
+    flat = tf.reshape(x, [-1, x.shape[-1]])
+    y = tf.matmul(flat, self.kernel)
+    if self.bias is not None:
+      y = tf.nn.bias_add(y, self.bias)
+    leading = [-1 if size is None else size for size in x.shape[:-1]]
+    return tf.reshape(y, leading + [self.kernel.shape[-1]])
+
+
+class LayerNorm(tf.Module):
+  """Layer normalisation over the last axis (biased variance, as PyTorch), float32 in and out."""
+
+  def __init__(self, features: int, epsilon: float, name=None):
+    super().__init__(name=name)
+    self.epsilon = epsilon
+    self.gamma = tf.Variable(tf.ones([features]), name="gamma")
+    self.beta = tf.Variable(tf.zeros([features]), name="beta")
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+
+
+class Mlp(tf.Module):
+  """Dense(C -> rC), exact (erf) GELU, Dense(rC -> C)."""
+
+  def __init__(self, features: int, hidden: int, name=None):
+    super().__init__(name=name)
+    self.fc1 = Dense(features, hidden, name="fc1")
+    self.fc2 = Dense(hidden, features, name="fc2")
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    return self.fc2(tf.nn.gelu(self.fc1(x), approximate=False))
+
+
+def drop_path(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
+  """Stochastic depth: while training, zeroes whole samples of a residual branch with prob `rate`."""
+  if not training or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+  shape = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0)
+  mask = tf.floor(keep + tf.random.uniform(shape, dtype=x.dtype))
+  return x / keep * mask
+
+
+class PatchEmbedding(tf.Module):
+  """Video `[B, D, H, W, 3]` -> tokens `[B, D/pd, H/ph, W/pw, C]` (ceil), then LayerNorm.
+
+  Each axis is zero-padded at its end up to a multiple of the patch, then a Conv3D with
+  kernel = stride = patch projects every patch.
+  """
+
+  def __init__(self, patch_size: Sequence[int], embed_dim: int, epsilon: float, in_channels=3,
+               name=None):
+    super().__init__(name=name)
+    self.patch_size = tuple(patch_size)
+    self.kernel = tf.Variable(_truncated_normal([*self.patch_size, in_channels, embed_dim]),
+                              name="kernel")
+    self.bias = tf.Variable(tf.zeros([embed_dim]), name="bias")
+    self.norm = LayerNorm(embed_dim, epsilon, name="norm")
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    pads = [(-size) % patch for size, patch in zip(x.shape[1:4], self.patch_size)]
+    if any(pads):
+      x = tf.pad(x, [[0, 0]] + [[0, p] for p in pads] + [[0, 0]])
+    x = tf.nn.conv3d(x, self.kernel, strides=[1, *self.patch_size, 1], padding="VALID")
+    return self.norm(tf.nn.bias_add(x, self.bias))
+
+
+class PatchMerging(tf.Module):
+  """Spatial 2x2 merge: `[B, D, H, W, C]` -> `[B, D, ceil(H/2), ceil(W/2), 2C]`.
+
+  Odd H/W are zero-padded at the end; the four neighbours are concatenated in the official order
+  (h even/w even, h odd/w even, h even/w odd, h odd/w odd), normalised, and reduced without bias.
+  """
+
+  def __init__(self, features: int, epsilon: float, name=None):
+    super().__init__(name=name)
+    self.norm = LayerNorm(4 * features, epsilon, name="norm")
+    self.reduction = Dense(4 * features, 2 * features, use_bias=False, name="reduction")
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    h, w = x.shape[2], x.shape[3]
+    if h % 2 or w % 2:
+      x = tf.pad(x, [[0, 0], [0, 0], [0, h % 2], [0, w % 2], [0, 0]])
+    x = tf.concat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2],
+                   x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], axis=-1)
+    return self.reduction(self.norm(x))
