@@ -1,0 +1,1 @@
+"""Command-line tools that turn official checkpoints into TF Hub models."""
