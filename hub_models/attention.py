@@ -46,9 +46,13 @@ class WindowAttention(tf.Module):
     """
     tokens, features = x.shape[1], x.shape[2]
     head_dim = features // self.num_heads
-    qkv = tf.reshape(self.qkv(x), [-1, tokens, 3, self.num_heads, head_dim])
+    # Scaling q through the (small) weights instead of the activations saves a pass over q.
+    scale = tf.concat([tf.fill([features], self.scale), tf.ones([2 * features])], 0)
+    qkv = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, features]), self.qkv.kernel * scale),
+                         self.qkv.bias * scale)
+    qkv = tf.reshape(qkv, [-1, tokens, 3, self.num_heads, head_dim])
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
-    attn = tf.matmul(q * self.scale, k, transpose_b=True)
+    attn = tf.matmul(q, k, transpose_b=True)
     attn = attn + self.relative_position_bias(tokens)
     if mask is not None:
       num_windows = mask.shape[0]

@@ -51,10 +51,10 @@ class FeatureExtractor(tf.Module):
     """Writes the SavedModel to `path`: `__call__` for both `training` values, and a
     `serving_default` signature returning {'features': [B, 8C]}."""
     self.__call__.get_concrete_function(self.input_spec, training=True)
-    serving = self.__call__.get_concrete_function(self.input_spec, training=False)
+    self.__call__.get_concrete_function(self.input_spec, training=False)
 
     @tf.function(input_signature=[self.input_spec])
     def serve(video):
-      return {"features": serving(video)}
+      return {"features": self.__call__(video, training=False)}
 
     tf.saved_model.save(self, path, signatures={"serving_default": serve})

@@ -111,9 +111,13 @@ class PatchMerging(tf.Module):
     self.reduction = Dense(4 * features, 2 * features, use_bias=False, name="reduction")
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    h, w = x.shape[2], x.shape[3]
+    _, d, h, w, c = x.shape
     if h % 2 or w % 2:
       x = tf.pad(x, [[0, 0], [0, 0], [0, h % 2], [0, w % 2], [0, 0]])
-    x = tf.concat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2],
-                   x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], axis=-1)
+      h, w = h + h % 2, w + w % 2
+    # One reshape/transpose instead of four strided slices (several times faster on CPU): the
+    # neighbour at (h offset i, w offset j) lands at position 2j + i of the concatenation.
+    x = tf.reshape(x, [-1, d, h // 2, 2, w // 2, 2, c])
+    x = tf.transpose(x, [0, 1, 2, 4, 5, 3, 6])
+    x = tf.reshape(x, [-1, d, h // 2, w // 2, 4 * c])
     return self.reduction(self.norm(x))

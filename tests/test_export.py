@@ -13,7 +13,7 @@ import torch
 
 import torch_reference
 from conftest import normalise, relative_error
-from export import export_savedmodel
+from export import savedmodel
 from hub_models import checkpoint, conversion, variants
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
@@ -103,8 +103,8 @@ def test_training_flag_enables_stochastic_depth(exported):
 def test_existing_version_is_not_overwritten(exported, tiny_checkpoint):
   _, path = tiny_checkpoint
   before = os.path.getmtime(os.path.join(exported, "saved_model.pb"))
-  with pytest.raises(export_savedmodel.ExportError, match="already exists"):
-    export_savedmodel.export(TINY.name, path, os.path.dirname(os.path.dirname(exported)), 3,
+  with pytest.raises(savedmodel.ExportError, match="already exists"):
+    savedmodel.export(TINY.name, path, os.path.dirname(os.path.dirname(exported)), 3,
                              cache_dir="unused")
   assert os.path.getmtime(os.path.join(exported, "saved_model.pb")) == before
 

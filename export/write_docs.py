@@ -1,0 +1,59 @@
+r"""Writes the tfhub.dev docs of the exported models and checks them with the validator.
+
+  python -m export.write_docs --output_dir=DIR --asset_base_url=URL \
+      [--publisher=ID] [--version=N] [--variants=a,b] [--write_collection_md=PATH]
+
+writes `DIR/tfhub.dev/assets/docs/<publisher>/`: the publisher page, one model doc per variant
+(default: the collection) and the collection doc, each archive expected at
+`URL/<variant>/<version>.tar.gz`. Nothing is exported. The tool exits 1 if the written docs break
+a tfhub.dev rule, printing each problem on one line.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from export import docs
+from export import validate_docs
+from hub_models import variants
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the docs tree.",
+                                  required=True)
+_ASSET_BASE_URL = flags.DEFINE_string(
+    "asset_base_url", None,
+    "URL under which the archives are served as <variant>/<version>.tar.gz.", required=True)
+_PUBLISHER = flags.DEFINE_string("publisher", docs.DEFAULT_PUBLISHER, "tfhub.dev publisher id.")
+_VERSION = flags.DEFINE_integer("version", 1, "Model version (a positive integer).", lower_bound=1)
+_VARIANTS = flags.DEFINE_list("variants", None,
+                              "Variants to document (default: the collection's).")
+_WRITE_COLLECTION_MD = flags.DEFINE_string(
+    "write_collection_md", None, "Also write the repository's collection.md to this path.")
+
+
+def main(argv):
+  del argv
+  try:
+    selected = ([variants.get(name) for name in _VARIANTS.value] if _VARIANTS.value
+                else list(variants.collection()))
+  except variants.UnknownVariantError as error:
+    sys.exit(f"error: {error}")
+
+  written = docs.write_tree(_OUTPUT_DIR.value, selected, _VERSION.value, _PUBLISHER.value,
+                            _ASSET_BASE_URL.value)
+  if _WRITE_COLLECTION_MD.value:
+    docs.write_text_atomically(_WRITE_COLLECTION_MD.value, docs.repository_collection_md())
+    written.append(_WRITE_COLLECTION_MD.value)
+
+  problems = validate_docs.validate_docs_root(os.path.join(_OUTPUT_DIR.value, docs.DOCS_DIR))
+  for problem in problems:
+    print(problem, file=sys.stderr)
+  if problems:
+    sys.exit(1)
+  for path in written:
+    print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)
