@@ -156,8 +156,8 @@ def model_doc(variant: variants_lib.Variant, version: int, publisher: str,
       "- RGB values in [0, 1] (divide 8-bit pixels by 255). The official ImageNet mean/std "
       "normalisation is applied inside the model, so do not normalise the input yourself.",
       f"- Frames: {_frame_sampling(variant)}.",
-      f"- Size: {height}x{width} pixels per frame; resize the short side (the official "
-      f"evaluation uses {height}) and crop {height}x{width}.",
+      f"- Size: {height}x{width} pixels per frame: resize the short side to at least {height} "
+      f"and crop {height}x{width}.",
       "- A clip decoded as `[frames, height, width, 3]` becomes channels first with "
       "`tf.transpose(clip, [3, 0, 1, 2])`.",
       "",
@@ -321,8 +321,8 @@ def publisher_doc(publisher: str) -> str:
       "",
       f"## {publisher}",
       "",
-      "Publishes the official Video Swin Transformer checkpoints as fine-tunable TensorFlow 2 "
-      f"SavedModels (feature extractors). Original models: {OFFICIAL_REPO_URL}",
+      "Publishes the official Video Swin Transformer checkpoints converted to fine-tunable "
+      f"TensorFlow 2 SavedModels (video feature extractors). Original models: {OFFICIAL_REPO_URL}",
       "",
   ])
 

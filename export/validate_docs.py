@@ -134,16 +134,10 @@ def _check_value(key: str, value: str) -> Optional[str]:
   return None
 
 
-@dataclasses.dataclass
-class _ParsedDoc:
-  """A doc's header (metadata by key, as (line, value) pairs) and where its body starts."""
-  metadata: Dict[str, List[Tuple[int, str]]]
-  body_start: int
-
-
 def _parse_header(path: str, lines: Sequence[str], kind: str,
-                  problems: List[str]) -> _ParsedDoc:
-  """Reads the description and metadata after the first line, recording problems."""
+                  problems: List[str]) -> Dict[str, List[Tuple[int, str]]]:
+  """Reads the description and metadata after the first line, recording problems; returns the
+  metadata as (line, value) pairs by key."""
   index = 1
   while index < len(lines) and not lines[index].strip():
     index += 1
@@ -167,7 +161,7 @@ def _parse_header(path: str, lines: Sequence[str], kind: str,
           path, index + 1, "only <!-- key: value --> metadata lines may come between the "
           f"description and the first heading, found {line!r}"))
     index += 1
-  return _ParsedDoc(metadata, index)
+  return metadata
 
 
 def _check_metadata(path: str, kind: str, metadata: Dict[str, List[Tuple[int, str]]],
@@ -224,16 +218,19 @@ def validate_doc(docs_root: str, path: str) -> List[str]:
                      "<publisher>.md, <publisher>/models/<name>/<version>.md or "
                      "<publisher>/collections/<name>/1.md)")]
   kind, handle = expected
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().split("\n")
+  except UnicodeDecodeError as error:
+    return [_problem(path, 0, f"not UTF-8 text: {error}")]
   problems = []
   first = lines[0].replace("&zwnj;", "").rstrip()
   match = _HANDLE_PATTERNS[kind].fullmatch(first)
   if not match or match["handle"] != handle:
     problems.append(_problem(path, 1, f"first line must be '# {kind} {handle}' (from the "
                              f"file's path), found {first!r}"))
-  parsed = _parse_header(path, lines, kind, problems)
-  _check_metadata(path, kind, parsed.metadata, problems)
+  metadata = _parse_header(path, lines, kind, problems)
+  _check_metadata(path, kind, metadata, problems)
   if kind == "Collection":
     links = _linked_models(path, lines, docs_root)
     if not links:
