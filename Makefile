@@ -3,8 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 OUTPUT_DIR ?= exports
-VARIANT ?= swin_base_patch244_window877_kinetics400_22k
-CHECKPOINT ?=
+VARIANTS ?=
+CHECKPOINT_DIR ?=
 VERSION ?= 1
 
 $(VENV)/.runtime: requirements.txt
@@ -18,8 +18,8 @@ $(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
 
 .PHONY: export test
 export: $(VENV)/.runtime
-	$(VENV)/bin/python -m export.export_savedmodel --variant=$(VARIANT) \
-	  $(if $(CHECKPOINT),--checkpoint=$(CHECKPOINT)) --output_dir=$(OUTPUT_DIR) --version=$(VERSION)
+	$(VENV)/bin/python -m export.export_all --output_dir=$(OUTPUT_DIR) --version=$(VERSION) \
+	  $(if $(VARIANTS),--variants=$(VARIANTS)) $(if $(CHECKPOINT_DIR),--checkpoint_dir=$(CHECKPOINT_DIR))
 
 test: $(VENV)/.test
 	$(VENV)/bin/python -m pytest -q tests

@@ -1,0 +1,181 @@
+"""Turning an exported SavedModel into what gets published: archive, manifest and checks.
+
+The archive is the `.tar.gz` that tfhub.dev's `asset-path` points at; the manifest is a JSON record
+of what went into it (checkpoint, contract, tool versions); `verify` reloads the SavedModel the way
+users will and compares it with the in-memory model it was saved from.
+
+`hub.KerasLayer` needs tf_keras: set `TF_USE_LEGACY_KERAS=1` before TensorFlow is first imported.
+"""
+
+import datetime
+import gzip
+import importlib.metadata
+import json
+import os
+import platform
+import tarfile
+import tempfile
+from typing import Any, Dict
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from export import savedmodel
+from hub_models import variants as variants_lib
+from hub_models.hub_module import FeatureExtractor
+
+# The exported input, without and with the batch axis: RGB video, channels first, in [0, 1].
+INPUT_SHAPE = (3, 32, 224, 224)
+_TOOLS = ("tensorflow", "tf_keras", "tensorflow_hub", "numpy")
+# Largest accepted relative Frobenius error between a reloaded model and the in-memory one.
+_MAX_RELATIVE_ERROR = 1e-5
+
+
+def _write_atomically(path: str, write_fn) -> None:
+  """Calls `write_fn(binary_file)` on a temporary file next to `path`, then moves it into place,
+  so readers never see a partial file."""
+  directory = os.path.dirname(path) or "."
+  fd, temp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write_fn(f)
+    os.replace(temp_path, path)
+  except BaseException:
+    os.unlink(temp_path)
+    raise
+
+
+def _archive_members(savedmodel_dir: str):
+  """Yields (absolute path, archive name) for every folder and file below `savedmodel_dir`,
+  sorted by archive name so the archive does not depend on the file system's listing order."""
+  entries = []
+  for root, dirs, files in os.walk(savedmodel_dir):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      entries.append((path, os.path.relpath(path, savedmodel_dir).replace(os.sep, "/")))
+  return sorted(entries, key=lambda entry: entry[1])
+
+
+def make_archive(savedmodel_dir: str, archive_path: str) -> None:
+  """Writes `savedmodel_dir`'s contents as a `.tar.gz` with its files at the archive root.
+
+  tfhub.dev wants `saved_model.pb`, `variables/...` at the root (no enclosing folder). Member
+  order, mtimes, owners and the gzip header are fixed, so the same SavedModel always gives the same
+  bytes (and hence the same sha256).
+  """
+
+  def write(f):
+    # filename="" and mtime=0 keep the gzip header free of the temp file's name and the time.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz:
+      with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, name in _archive_members(savedmodel_dir):
+          info = tar.gettarinfo(path, arcname=name)
+          info.mtime = 0
+          info.uid = info.gid = 0
+          info.uname = info.gname = ""
+          info.mode = 0o755 if info.isdir() else 0o644
+          if info.isfile():
+            with open(path, "rb") as member:
+              tar.addfile(info, member)
+          else:
+            tar.addfile(info)
+
+  _write_atomically(archive_path, write)
+
+
+def manifest(variant: variants_lib.Variant, version: int, archive_sha256: str,
+             checkpoint_sha256: str, checkpoint_source: str,
+             trainable_parameters: int) -> Dict[str, Any]:
+  """The JSON-ready record of one exported version.
+
+  Args:
+    variant: the exported registry variant.
+    version: the model version (positive int).
+    archive_sha256: hex sha256 of the `.tar.gz` archive.
+    checkpoint_sha256: hex sha256 of the official `.pth` checkpoint the weights came from.
+    checkpoint_source: the checkpoint's local path or URL.
+    trainable_parameters: number of trainable scalars in the backbone.
+  """
+  tools = {"python": platform.python_version()}
+  tools.update({tool: importlib.metadata.version(tool) for tool in _TOOLS})
+  return {
+      "variant": variant.name,
+      "version": version,
+      "archive_sha256": archive_sha256,
+      "checkpoint_sha256": checkpoint_sha256,
+      "checkpoint_source": checkpoint_source,
+      "input": {"name": "video", "shape": [None, *INPUT_SHAPE], "dtype": "float32",
+                "range": [0, 1], "layout": "NCTHW"},
+      "output": {"name": "features", "shape": [None, variant.architecture.num_features],
+                 "dtype": "float32"},
+      "trainable_parameters": trainable_parameters,
+      "tools": tools,
+      "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def write_manifest(path: str, **fields) -> Dict[str, Any]:
+  """Writes `manifest(**fields)` to `path` as indented JSON (atomically) and returns it."""
+  record = manifest(**fields)
+  text = json.dumps(record, indent=2) + "\n"
+  _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+  return record
+
+
+def parameter_count(variables) -> int:
+  """Total number of scalars in a list of variables."""
+  return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+  return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def verify(savedmodel_dir: str, reference_model: FeatureExtractor,
+           variant: variants_lib.Variant) -> None:
+  """Checks the SavedModel as users will load it against the model it was saved from.
+
+  Loads it through `hub.KerasLayer` (tf_keras, fine-tunable) and Keras 3's `TFSMLayer`, checks the
+  serving signature's contract, that both give `reference_model`'s features on one random clip
+  `[1, 3, 32, 224, 224]` float32, and that every backbone parameter is trainable after reloading.
+
+  Raises:
+    savedmodel.ExportError: on the first mismatch, with a one-line message.
+  """
+  hub_layer = hub.KerasLayer(savedmodel_dir, trainable=True)
+  serving = hub_layer.resolved_object.signatures["serving_default"]
+  (spec,) = serving.structured_input_signature[1].values()
+  if spec.shape.as_list() != [None, *INPUT_SHAPE] or spec.dtype != tf.float32:
+    raise savedmodel.ExportError(
+        f"{savedmodel_dir}: serving input is {spec.dtype.name} {spec.shape}, "
+        f"expected float32 {[None, *INPUT_SHAPE]}")
+  features = serving.structured_outputs.get("features")
+  expected_output = [None, variant.architecture.num_features]
+  if features is None or features.shape.as_list() != expected_output:
+    raise savedmodel.ExportError(
+        f"{savedmodel_dir}: serving output 'features' is {features}, expected {expected_output}")
+
+  video = np.random.RandomState(0).rand(1, *INPUT_SHAPE).astype(np.float32)
+  want = reference_model(tf.constant(video)).numpy()
+  tfsm_layer = keras.layers.TFSMLayer(savedmodel_dir, call_endpoint="serving_default")
+  outputs = {
+      "hub.KerasLayer": hub_layer(video, training=False).numpy(),
+      "keras.layers.TFSMLayer": np.asarray(tfsm_layer(video)["features"]),
+  }
+  for loader, got in outputs.items():
+    if got.shape != want.shape:
+      raise savedmodel.ExportError(
+          f"{savedmodel_dir}: {loader} output shape {got.shape}, expected {want.shape}")
+    error = _relative_error(got, want)
+    if not error < _MAX_RELATIVE_ERROR:
+      raise savedmodel.ExportError(
+          f"{savedmodel_dir}: {loader} differs from the in-memory model "
+          f"(relative error {error:.3g} >= {_MAX_RELATIVE_ERROR:g})")
+
+  reloaded = parameter_count(hub_layer.trainable_weights)
+  in_memory = parameter_count(reference_model.backbone.trainable_variables)
+  if reloaded != in_memory:
+    raise savedmodel.ExportError(
+        f"{savedmodel_dir}: {reloaded} trainable parameters after reloading, {in_memory} in memory")

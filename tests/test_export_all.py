@@ -1,0 +1,199 @@
+"""The batch export tool: SavedModel, archive, manifest and docs; refusals leave nothing behind."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import tensorflow as tf
+
+import torch_reference
+from conftest import SMALL_ARCH, small_variant
+from export import export_all
+from export import packaging
+from export import validate_docs
+from hub_models import variants
+
+TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VERSION = "2"
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "export.export_all", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+def sha256(path):
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def error_line(result):
+  """The last stderr line, which the CLI's one-line error is."""
+  return result.stderr.strip().splitlines()[-1]
+
+
+def visible_files(root):
+  """Relative paths of everything under `root` (files and folders)."""
+  return sorted(os.path.relpath(os.path.join(d, n), root)
+                for d, dirs, files in os.walk(root) for n in dirs + files)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+  """A folder holding a random-weight official Swin-T checkpoint named after the variant."""
+  folder = tmp_path_factory.mktemp("ckpts")
+  reference = torch_reference.reference_model(TINY.architecture, TINY.num_classes, seed=7)
+  torch_reference.save_official(reference, folder / f"{TINY.name}.pth")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint_dir, tmp_path_factory):
+  """The output folder of one successful CLI run for Swin-T, version 2."""
+  out = tmp_path_factory.mktemp("exports")
+  result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={checkpoint_dir}",
+                   f"--output_dir={out}", f"--version={VERSION}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"[1/1] {TINY.name}: done" in result.stdout
+  return out
+
+
+def test_tree(exported):
+  model_dir = exported / TINY.name
+  assert sorted(os.listdir(model_dir)) == [VERSION, f"{VERSION}.manifest.json",
+                                           f"{VERSION}.tar.gz"]
+  assert (model_dir / VERSION / "saved_model.pb").is_file()
+  docs_root = exported / "tfhub.dev" / "assets" / "docs"
+  assert (docs_root / "video-swin-hub" / "video-swin-hub.md").is_file()
+  assert (docs_root / "video-swin-hub" / "models" / TINY.name / f"{VERSION}.md").is_file()
+  assert (docs_root / "video-swin-hub" / "collections" / "video-swin-transformer" /
+          "1.md").is_file()
+  assert validate_docs.validate_docs_root(str(docs_root)) == []
+  assert not (exported / export_all.STAGING_DIR).exists()
+
+
+def test_archive_holds_the_savedmodel_at_its_root(exported):
+  archive = exported / TINY.name / f"{VERSION}.tar.gz"
+  assert validate_docs.validate_archive(str(archive)) == []
+  with tarfile.open(archive) as tar:
+    names = tar.getnames()
+  assert names == sorted(names)
+  assert "saved_model.pb" in names and "variables/variables.index" in names
+  assert not any(name.startswith(("./", "/", VERSION)) for name in names)
+  assert set(names) == set(visible_files(exported / TINY.name / VERSION))
+
+
+def test_manifest(exported, checkpoint_dir):
+  model_dir = exported / TINY.name
+  with open(model_dir / f"{VERSION}.manifest.json", encoding="utf-8") as f:
+    manifest = json.load(f)
+  assert manifest["variant"] == TINY.name and manifest["version"] == int(VERSION)
+  assert manifest["archive_sha256"] == sha256(model_dir / f"{VERSION}.tar.gz")
+  checkpoint = checkpoint_dir / f"{TINY.name}.pth"
+  assert manifest["checkpoint_sha256"] == sha256(checkpoint)
+  assert manifest["checkpoint_source"] == str(checkpoint)
+  assert manifest["input"] == {"name": "video", "shape": [None, 3, 32, 224, 224],
+                               "dtype": "float32", "range": [0, 1], "layout": "NCTHW"}
+  assert manifest["output"] == {"name": "features", "shape": [None, 768], "dtype": "float32"}
+  assert manifest["trainable_parameters"] == 27_850_470
+  assert set(manifest["tools"]) == {"python", "tensorflow", "tf_keras", "tensorflow_hub", "numpy"}
+  assert manifest["created_utc"].endswith("+00:00")
+
+
+def test_existing_version_is_refused_untouched(exported, checkpoint_dir):
+  before = {p: os.path.getmtime(exported / p) for p in visible_files(exported)}
+  result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={checkpoint_dir}",
+                   f"--output_dir={exported}", f"--version={VERSION}")
+  assert result.returncode == 1
+  assert error_line(result).startswith("error: ") and "already exists" in error_line(result)
+  assert {p: os.path.getmtime(exported / p) for p in visible_files(exported)} == before
+
+
+def test_unknown_variant_writes_nothing(tmp_path, checkpoint_dir):
+  out = tmp_path / "out"
+  result = run_cli(f"--variants={TINY.name},swin_nano", f"--checkpoint_dir={checkpoint_dir}",
+                   f"--output_dir={out}")
+  assert result.returncode == 1
+  assert "unknown variant 'swin_nano'" in error_line(result)
+  assert TINY.name in error_line(result)
+  assert not out.exists()
+
+
+def test_missing_checkpoint_writes_nothing(tmp_path):
+  out = tmp_path / "out"
+  result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={tmp_path}",
+                   f"--output_dir={out}")
+  assert result.returncode == 1
+  assert error_line(result) == f"error: checkpoint {tmp_path / TINY.name}.pth not found"
+  assert not out.exists()
+
+
+def test_checkpoint_of_another_architecture_leaves_no_version(tmp_path):
+  """Conversion fails part-way through the run: no version, no staging."""
+  reference = torch_reference.reference_model(SMALL_ARCH, 10, seed=1)
+  torch_reference.save_official(reference, tmp_path / f"{TINY.name}.pth")
+  out = tmp_path / "out"
+  result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={tmp_path}",
+                   f"--output_dir={out}")
+  assert result.returncode == 1
+  assert error_line(result).startswith("error: ")
+  assert not (out / TINY.name).exists() and not (out / export_all.STAGING_DIR).exists()
+
+
+def test_failure_while_packing_leaves_nothing(tmp_path, monkeypatch):
+  """A failure after the SavedModel is written and verified leaves neither files nor staging."""
+  variant = small_variant()
+  checkpoint = tmp_path / "small.pth"
+  torch_reference.save_official(torch_reference.reference_model(variant.architecture, 10, seed=2),
+                                checkpoint)
+
+  def fail(*_):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(packaging, "make_archive", fail)
+  stages = []
+  out = tmp_path / "out"
+  with pytest.raises(OSError, match="disk full"):
+    export_all.export_variant(variant, str(checkpoint), str(checkpoint), str(out), 1,
+                              progress=stages.append)
+  assert stages == ["converting", "exporting", "verifying", "packing"]
+  assert visible_files(out) == []
+
+
+def test_make_archive_is_deterministic(tmp_path):
+  savedmodel_dir = str(tmp_path / "sm")
+  module = tf.Module()
+  module.v = tf.Variable(1.0)
+  tf.saved_model.save(module, savedmodel_dir)
+  first, second = str(tmp_path / "a.tar.gz"), str(tmp_path / "b.tar.gz")
+  packaging.make_archive(savedmodel_dir, first)
+  os.utime(os.path.join(savedmodel_dir, "saved_model.pb"), (1, 1))  # mtimes must not matter
+  packaging.make_archive(savedmodel_dir, second)
+  assert sha256(first) == sha256(second)
+  assert validate_docs.validate_archive(first) == []
+  assert sorted(os.listdir(tmp_path)) == ["a.tar.gz", "b.tar.gz", "sm"]  # no temp files left
+
+
+def test_failed_overwrite_puts_the_old_version_back(tmp_path):
+  """If the last move (the SavedModel folder) fails, the replaced archive and manifest return."""
+  staged = export_all.published_paths(str(tmp_path / "staging"), "new", 1)
+  final = export_all.published_paths(str(tmp_path / "out"), "m", 1)
+  for paths, text in ((staged, "new"), (final, "old")):
+    os.makedirs(paths[0])
+    for path in paths[1:]:
+      with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+  os.rmdir(staged[0])  # The folder's move will fail.
+  trash = tmp_path / "trash"
+  trash.mkdir()
+  with pytest.raises(FileNotFoundError):
+    export_all._publish(staged, final, trash=str(trash))  # pylint: disable=protected-access
+  for path in final[1:]:
+    with open(path, encoding="utf-8") as f:
+      assert f.read() == "old"
+  assert os.path.isdir(final[0])
