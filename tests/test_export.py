@@ -159,8 +159,8 @@ def refusal_cases(tmp_path, state):
 
   path = tmp_path / "k400.pth"
   write_checkpoint(path, state)
-  k600_small = "swin_small_patch244_window877_kinetics710_1k"
-  cases.append((path, k600_small, "400 classes but variant", None))
+  k710 = "swin_small_patch244_window877_kinetics710_1k"
+  cases.append((path, k710, "400 classes but variant", None))
   cases.append((path, "swin_base_patch244_window1677_sthv2", "has shape", None))
   return cases
 
