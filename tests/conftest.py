@@ -35,3 +35,19 @@ def normalise(video01: np.ndarray) -> np.ndarray:
   mean = np.array([123.675, 116.28, 103.53], np.float32).reshape(1, 3, 1, 1, 1)
   std = np.array([58.395, 57.12, 57.375], np.float32).reshape(1, 3, 1, 1, 1)
   return ((video01 * 255.0 - mean) / std).astype(np.float32)
+
+
+def export_small_model(path: str, input_size=(8, 56, 56), seed: int = 0) -> str:
+  """Saves a random-weight SMALL_ARCH feature extractor (input `[None, 3, *input_size]`) to `path`.
+
+  Quick stand-in for a published model where the tests need a Hub handle, not parity.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from hub_models.backbone import VideoSwinBackbone  # pylint: disable=g-import-not-at-top
+  from hub_models.hub_module import FeatureExtractor  # pylint: disable=g-import-not-at-top
+
+  tf.keras.utils.set_random_seed(seed)
+  backbone = VideoSwinBackbone(SMALL_ARCH)
+  backbone(tf.zeros([1, *input_size, 3]))
+  FeatureExtractor(backbone, input_size).save(path)
+  return path
