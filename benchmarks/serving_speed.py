@@ -56,6 +56,7 @@ def _measure():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
 
+  from export import published_models  # pylint: disable=import-outside-toplevel
   from export import savedmodel  # pylint: disable=import-outside-toplevel
   from hub_models import variants  # pylint: disable=import-outside-toplevel
   from hub_models.hub_module import RGB_MEAN, RGB_STD  # pylint: disable=import-outside-toplevel
@@ -73,7 +74,8 @@ def _measure():
   with tempfile.TemporaryDirectory() as workdir:
     checkpoint = os.path.join(workdir, "reference.pth")
     torch_reference.save_official(reference, checkpoint)
-    path = savedmodel.export(variant.name, checkpoint, workdir, 1, cache_dir=workdir)
+    path = savedmodel.export(published_models.PublishedModel(variant), checkpoint, workdir, 1,
+                             cache_dir=workdir)
     serving = tf.saved_model.load(path).signatures["serving_default"]
 
     mean = np.array(RGB_MEAN, np.float32).reshape(1, 3, 1, 1, 1) / 255.0

@@ -2,20 +2,21 @@
 
 tfhub.dev (and Kaggle Models, which took over its content) reads three kinds of markdown page:
 one per publisher, one per model version and one per collection. Every fact on these pages comes
-from `hub_models.variants`, so the docs cannot drift from what is exported.
+from `hub_models.variants` and `export.published_models`, so the docs cannot drift from what is
+exported.
 """
 
 import os
 import re
 import tempfile
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 import urllib.parse
 
+from export import published_models
 from hub_models import variants as variants_lib
 
 DEFAULT_PUBLISHER = "video-swin-hub"
 COLLECTION_NAME = "video-swin-transformer"
-TASK = "video-feature-extraction"
 NETWORK_ARCHITECTURE = "video-swin-transformer"
 SAVED_MODEL_FORMAT = "saved_model_2"
 LICENSE = "apache-2.0"
@@ -23,9 +24,6 @@ PAPER_URL = "https://arxiv.org/abs/2106.13230"
 OFFICIAL_REPO_URL = "https://github.com/SwinTransformer/Video-Swin-Transformer"
 # Where the docs live inside a checkout of the tensorflow/tfhub.dev repository.
 DOCS_DIR = os.path.join("tfhub.dev", "assets", "docs")
-# The exported input without its batch axis: channels, frames, height, width. It is the default
-# input size of `hub_models.hub_module.FeatureExtractor`, which the export uses.
-INPUT_SHAPE = (3, 32, 224, 224)
 
 # Backbone sizes as the paper names them, keyed by (embed_dim, depths).
 _BACKBONE_NAMES = {
@@ -37,6 +35,9 @@ _BACKBONE_NAMES = {
 
 _PAPER_CITATION = ("Ze Liu, Jia Ning, Yue Cao, Yixuan Wei, Zheng Zhang, Stephen Lin, Han Hu: "
                    f"*Video Swin Transformer*, CVPR 2022, [arXiv:2106.13230]({PAPER_URL})")
+
+PublishedModel = published_models.PublishedModel
+_NUM_CLASSES = "num_classes = 10  # Your task's classes."
 
 
 def backbone_name(architecture: variants_lib.Architecture) -> str:
@@ -75,18 +76,12 @@ def _join(values, separator: str = "x") -> str:
   return separator.join(str(v) for v in values)
 
 
-def _feature_map_shape(architecture: variants_lib.Architecture) -> tuple:
-  """Frames, height, width of the final feature map for INPUT_SHAPE: the patch embedding divides
-  each axis by the patch size, and each of the three patch mergings halves height and width."""
-  _, frames, height, width = INPUT_SHAPE
-  patch_d, patch_h, patch_w = architecture.patch_size
-  merges = 2 ** (len(architecture.depths) - 1)
-  return frames // patch_d, height // patch_h // merges, width // patch_w // merges
+def _batch_shape(shape: Sequence[int]) -> str:
+  return f"[batch, {_join(shape, ', ')}]"
 
 
-def _frame_sampling(variant: variants_lib.Variant) -> str:
+def _frame_sampling(variant: variants_lib.Variant, frames: int) -> str:
   """How to pick the input frames, read from the evaluation protocol of the reported accuracy."""
-  frames = INPUT_SHAPE[1]
   dataset = variant.finetune_dataset.name
   interval = re.search(r"\binterval (\d+)", variant.eval_views)
   if interval:
@@ -110,64 +105,146 @@ def _checkpoint_list(variant: variants_lib.Variant) -> str:
   return ", ".join(f"[`{url.rsplit('/', 1)[-1]}`]({url})" for url in variant.checkpoint_urls)
 
 
-def model_doc(variant: variants_lib.Variant, version: int, publisher: str,
-              asset_base_url: str) -> str:
-  """The tfhub.dev model doc of one exported variant, as markdown."""
+def _output_text(model: PublishedModel, archive: str) -> Dict[str, object]:
+  """What the doc says about the model's output, keyed by doc part, for `model.output.key`.
+
+  description: the doc's one-line description; overview: what the model returns and what for;
+  output: the Output section; tf_keras / keras3: the usage lines after the inputs are defined,
+  ending with the model's output `result`; head: what the fine-tuning section says about the
+  classifier.
+  """
+  variant, arch = model.variant, model.variant.architecture
+  backbone = backbone_name(arch)
+  pretrain, finetune = variant.pretrain_dataset.name, variant.finetune_dataset.name
+  features, classes = arch.num_features, variant.num_classes
+  map_shape = _batch_shape((features, *model.feature_map_size))
+  frames, height, width = model.input_size
+  texts = {
+      "features": {
+          "description": f"Video Swin Transformer ({backbone}) video feature extractor, "
+                         f"pretrained on {pretrain} and fine-tuned on {finetune}; outputs a "
+                         f"{features}-dimensional pooled feature.",
+          "overview": f"That classifier is not part of this model: it returns the "
+                      f"{features}-dimensional pooled video feature, for use as a video "
+                      "embedding or as the starting point for fine-tuning on a new task.",
+          "output": f"A float32 tensor of shape `[batch, {features}]`: the mean over frames, "
+                    "height and width of the final LayerNorm feature map "
+                    f"(`{map_shape}` for a {frames}x{height}x{width} clip).",
+          "tf_keras": [_NUM_CLASSES,
+                       f"features = hub.KerasLayer(\"{archive}\", trainable=True)(inputs)",
+                       "logits = tf_keras.layers.Dense(num_classes)(features)"],
+          "keras3": [_NUM_CLASSES, "features = backbone(inputs)[\"features\"]",
+                     "logits = keras.layers.Dense(num_classes)(features)"],
+          "result": "logits",
+          "head": "Add a new head for your task, e.g. a Dense layer on the pooled feature.",
+      },
+      "feature_map": {
+          "description": f"Video Swin Transformer ({backbone}) video feature extractor, "
+                         f"pretrained on {pretrain} and fine-tuned on {finetune}; outputs the "
+                         f"final {features}-channel feature map.",
+          "overview": "That classifier is not part of this model: it returns the final "
+                      f"LayerNorm feature map `{map_shape}`, channels first, for heads that "
+                      "need where and when things happen (localisation, attention pooling, "
+                      "dense prediction). The pooled-feature model of the same variant returns "
+                      "its mean as one vector.",
+          "output": f"A float32 tensor of shape `{map_shape}`, channels first (batch, "
+                    "channels, frames, height, width): the output of the backbone's final "
+                    "LayerNorm. Its mean over the last three axes is the pooled feature.",
+          "tf_keras": [_NUM_CLASSES,
+                       f"feature_map = hub.KerasLayer(\"{archive}\", trainable=True)(inputs)",
+                       "pooled = tf_keras.layers.GlobalAveragePooling3D(",
+                       "    data_format=\"channels_first\")(feature_map)",
+                       "logits = tf_keras.layers.Dense(num_classes)(pooled)"],
+          "keras3": [_NUM_CLASSES, "feature_map = backbone(inputs)[\"feature_map\"]",
+                     "pooled = keras.layers.GlobalAveragePooling3D(",
+                     "    data_format=\"channels_first\")(feature_map)",
+                     "logits = keras.layers.Dense(num_classes)(pooled)"],
+          "result": "logits",
+          "head": "Add a new head for your task on the feature map.",
+      },
+      "logits": {
+          "description": f"Video Swin Transformer ({backbone}) video classifier for the "
+                         f"{classes} classes of {finetune}, pretrained on {pretrain}; outputs "
+                         "logits.",
+          "overview": f"This model keeps that classifier (the official head: average pooling, "
+                      "dropout 0.5 when training, a linear layer) and returns its logits; "
+                      "apply a softmax for class probabilities. Classes are in the order of "
+                      f"the official {finetune} label list.",
+          "output": f"A float32 tensor of shape `[batch, {classes}]`: unnormalised class "
+                    f"scores (logits) over the {classes} classes of {finetune}. The reported "
+                    "accuracy averages the softmax over several views per video.",
+          "tf_keras": [f"logits = hub.KerasLayer(\"{archive}\")(inputs)",
+                       "probabilities = tf_keras.layers.Softmax()(logits)"],
+          "keras3": ["logits = backbone(inputs)[\"logits\"]",
+                     "probabilities = keras.layers.Softmax()(logits)"],
+          "result": "probabilities",
+          "head": f"The official {classes}-way head is included and trains with the backbone "
+                  "(dropout 0.5 when training). For another set of classes start from the "
+                  "pooled-feature model and add a new head.",
+      },
+  }
+  return texts[model.output.key]
+
+
+def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_url: str) -> str:
+  """The tfhub.dev model doc of one exported model, as markdown."""
+  variant = model.variant
   arch = variant.architecture
   backbone = backbone_name(arch)
   pretrain, finetune = variant.pretrain_dataset.name, variant.finetune_dataset.name
-  batch_shape = f"[batch, {_join(INPUT_SHAPE, ', ')}]"
-  features = arch.num_features
-  archive = asset_path(asset_base_url, variant.name, version)
+  archive = asset_path(asset_base_url, model.name, version)
+  text = _output_text(model, archive)
   metadata = [
       f"asset-path: {archive}",
-      f"task: {TASK}",
+      f"task: {model.output.task}",
       f"network-architecture: {NETWORK_ARCHITECTURE}",
       f"format: {SAVED_MODEL_FORMAT}",
       "fine-tunable: true",
       f"license: {LICENSE}",
   ] + [f"dataset: {dataset_id}" for dataset_id in _datasets_with_ids(variant)]
-  _, frames, height, width = INPUT_SHAPE
+  frames, height, width = model.input_size
+  default_frames, default_height, default_width = published_models.DEFAULT_INPUT_SIZE
+  measured_at = ""
+  if tuple(model.input_size) != published_models.DEFAULT_INPUT_SIZE:
+    measured_at = (f" They were measured on {default_frames}x{default_height}x{default_width} "
+                   f"clips; this model takes {frames}x{height}x{width}.")
+  head_note = ("This SavedModel keeps that head" if model.output.keeps_head
+               else "This SavedModel has no classifier head")
+  key = model.output.key
 
   return "\n".join([
-      f"# Module {model_handle(publisher, variant.name, version)}",
-      f"Video Swin Transformer ({backbone}) video feature extractor, pretrained on {pretrain} "
-      f"and fine-tuned on {finetune}; outputs a {features}-dimensional pooled feature.",
+      f"# Module {model_handle(publisher, model.name, version)}",
+      text["description"],
       "",
       *(f"<!-- {line} -->" for line in metadata),
       "",
       "## Overview",
       "",
-      f"The backbone of the {backbone} Video Swin Transformer [1] (embedding dimension "
+      f"The {backbone} Video Swin Transformer [1] (embedding dimension "
       f"{arch.embed_dim}, depths {_join(arch.depths, ', ')}, heads {_join(arch.num_heads, ', ')}, "
       f"window {_join(arch.window_size)}), converted to a TensorFlow 2 SavedModel from the "
       f"official PyTorch checkpoint {_checkpoint_list(variant)} [2, 3].",
       "",
       f"The backbone was pretrained on {pretrain} and then fine-tuned on {finetune} with a "
-      f"{variant.num_classes}-way classifier. That classifier is not part of this model: it "
-      f"returns the {features}-dimensional pooled video feature, for use as a video embedding or "
-      "as the starting point for fine-tuning on a new task.",
+      f"{variant.num_classes}-way classifier. {text['overview']}",
       "",
       "## Input",
       "",
-      f"- `video`: a float32 tensor of shape `{batch_shape}`, channels first: "
-      "(batch, channels, frames, height, width). The batch size is free; the other sizes are "
-      "fixed.",
+      f"- `video`: a float32 tensor of shape `{_batch_shape(model.input_shape)}`, channels "
+      "first: (batch, channels, frames, height, width). The batch size is free; the other sizes "
+      "are fixed.",
       "- RGB values in [0, 1] (divide 8-bit pixels by 255). The official ImageNet mean/std "
       "normalisation is applied inside the model, so do not normalise the input yourself.",
-      f"- Frames: {_frame_sampling(variant)}.",
-      f"- Size: {height}x{width} pixels per frame: resize the short side to at least {height} "
-      f"and crop {height}x{width}.",
+      f"- Frames: {_frame_sampling(variant, frames)}.",
+      f"- Size: {height}x{width} pixels per frame: resize the short side to at least "
+      f"{min(height, width)} and crop {height}x{width}.",
       "- A clip decoded as `[frames, height, width, 3]` becomes channels first with "
       "`tf.transpose(clip, [3, 0, 1, 2])`.",
       "",
       "## Output",
       "",
-      f"A float32 tensor of shape `[batch, {features}]`: the mean over frames, height and width "
-      f"of the final LayerNorm feature map (`[batch, {features}, "
-      f"{_join(_feature_map_shape(arch), ', ')}]` for a {frames}x{height}x{width} clip). "
-      "The `serving_default` signature takes `video` and returns `{\"features\": ...}` with the "
-      "same tensor.",
+      f"{text['output']} The `serving_default` signature takes `video` and returns "
+      f"`{{\"{key}\": ...}}` with the same tensor.",
       "",
       "## Usage",
       "",
@@ -180,11 +257,9 @@ def model_doc(variant: variants_lib.Variant, version: int, publisher: str,
       "import tensorflow_hub as hub",
       "import tf_keras",
       "",
-      "num_classes = 10  # Your task's classes.",
-      f"inputs = tf_keras.Input(shape={INPUT_SHAPE}, dtype=tf.float32)",
-      f"features = hub.KerasLayer(\"{archive}\", trainable=True)(inputs)",
-      "logits = tf_keras.layers.Dense(num_classes)(features)",
-      "model = tf_keras.Model(inputs, logits)",
+      f"inputs = tf_keras.Input(shape={model.input_shape}, dtype=tf.float32)",
+      *text["tf_keras"],
+      f"model = tf_keras.Model(inputs, {text['result']})",
       "```",
       "",
       "Keras 3 (`keras.layers.TFSMLayer` loads a local SavedModel directory; unpack the archive "
@@ -193,13 +268,11 @@ def model_doc(variant: variants_lib.Variant, version: int, publisher: str,
       "```python",
       "import keras",
       "",
-      "num_classes = 10  # Your task's classes.",
       "backbone = keras.layers.TFSMLayer(",
       "    \"model\", call_endpoint=\"serving_default\", trainable=True)",
-      f"inputs = keras.Input(shape={INPUT_SHAPE}, dtype=\"float32\")",
-      "features = backbone(inputs)[\"features\"]",
-      "logits = keras.layers.Dense(num_classes)(features)",
-      "model = keras.Model(inputs, logits)",
+      f"inputs = keras.Input(shape={model.input_shape}, dtype=\"float32\")",
+      *text["keras3"],
+      f"model = keras.Model(inputs, {text['result']})",
       "```",
       "",
       "## Fine-tuning",
@@ -210,7 +283,8 @@ def model_doc(variant: variants_lib.Variant, version: int, publisher: str,
       f"rate {arch.drop_path_rate}, as in the official fine-tuning configuration).",
       "- The `serving_default` signature used by `TFSMLayer` always runs with `training=False`: "
       "the weights are still trained, without stochastic depth.",
-      "- Use a lower learning rate for the backbone than for the new, randomly initialised head; "
+      f"- {text['head']}",
+      "- Use a lower learning rate for the backbone than for a new, randomly initialised head; "
       "the paper fine-tunes the backbone with a 10x smaller learning rate than the head.",
       "- dtypes are fixed at export: the model computes in float32 and a Keras mixed-precision "
       "policy does not reach inside it. Feed float32 input.",
@@ -224,8 +298,8 @@ def model_doc(variant: variants_lib.Variant, version: int, publisher: str,
       "",
       "These are the official numbers reported for the original PyTorch checkpoint with its "
       f"classifier head: top-1/top-5 accuracy in % on {finetune}, averaging the predictions of "
-      "several views per video (frames per clip x clips x spatial crops). This SavedModel has no "
-      "classifier head, and the numbers were not measured again with it.",
+      f"several views per video (frames per clip x clips x spatial crops). {head_note}, and the "
+      f"numbers were not measured again with it.{measured_at}",
       "",
       "## References",
       "",
@@ -236,35 +310,37 @@ def model_doc(variant: variants_lib.Variant, version: int, publisher: str,
   ])
 
 
-def _model_table(variants: Sequence[variants_lib.Variant], publisher: Optional[str]) -> List[str]:
-  """A markdown table of `variants`; names link to their tfhub.dev pages when `publisher` is set
+def _model_table(models: Sequence[PublishedModel], publisher: Optional[str]) -> List[str]:
+  """A markdown table of `models`; names link to their tfhub.dev pages when `publisher` is set
   and to their checkpoints otherwise."""
   rows = [
       "| model | backbone | window | pretrain | fine-tune | top-1 | top-5 | evaluation views "
-      "| feature size |",
+      "| output |",
       "|---|---|---|---|---|---|---|---|---|",
   ]
-  for v in variants:
+  for m in models:
+    v = m.variant
     if publisher:
-      model = f"[{v.name}](https://tfhub.dev/{publisher}/{v.name})"
+      name = f"[{m.name}](https://tfhub.dev/{publisher}/{m.name})"
     else:
       source = urllib.parse.urlparse(v.checkpoint_urls[0]).netloc
-      model = f"{v.name} ([checkpoint]({v.checkpoint_urls[0]}), {source})"
+      name = f"{m.name} ([checkpoint]({v.checkpoint_urls[0]}), {source})"
     arch = v.architecture
     rows.append(
-        f"| {model} | {backbone_name(arch)} | {_join(arch.window_size)} | "
+        f"| {name} | {backbone_name(arch)} | {_join(arch.window_size)} | "
         f"{v.pretrain_dataset.name} | {v.finetune_dataset.name} | {v.top1} | {v.top5} | "
-        f"{v.eval_views} | {arch.num_features} |")
+        f"{v.eval_views} | `{m.output.key}` {_batch_shape(m.output_shape)} |")
   return rows
 
 
-def collection_doc(variants: Sequence[variants_lib.Variant], publisher: str,
+def collection_doc(models: Sequence[PublishedModel], publisher: str,
                    collection_name: str = COLLECTION_NAME,
-                   others: Sequence[variants_lib.Variant] = ()) -> str:
-  """The tfhub.dev collection doc linking `variants`; `others` are listed, unlinked, as further
+                   others: Sequence[PublishedModel] = ()) -> str:
+  """The tfhub.dev collection doc linking `models`; `others` are listed, unlinked, as further
   registered models that are not published in the collection."""
-  batch_shape = f"[batch, {_join(INPUT_SHAPE, ', ')}]"
-  sizes = sorted({v.architecture.num_features for v in variants})
+  outputs = list(dict.fromkeys(m.output for m in models))
+  input_shapes = list(dict.fromkeys(m.input_shape for m in models))
+  returns = "; ".join(f"the {o.summary} (`{o.key}`)" for o in outputs)
   other_section = []
   if others:
     other_section = [
@@ -278,32 +354,35 @@ def collection_doc(variants: Sequence[variants_lib.Variant], publisher: str,
     ]
   return "\n".join([
       f"# Collection {publisher}/{collection_name}/1",
-      "Video Swin Transformer video feature extractors converted from the official checkpoints.",
+      "Video Swin Transformer video models converted from the official checkpoints.",
       "",
-      f"<!-- task: {TASK} -->",
+      f"<!-- task: {outputs[0].task} -->",
       f"<!-- network-architecture: {NETWORK_ARCHITECTURE} -->",
       "",
       "## Overview",
       "",
-      f"This collection holds {len(variants)} Video Swin Transformer [1] backbones converted "
-      "from the official PyTorch checkpoints [2] to fine-tunable TensorFlow 2 SavedModels. Each "
-      f"returns the pooled video feature ({_join(sizes, ' or ')} values) for use as a video "
-      "embedding or for fine-tuning with a new head. The accuracies are the official numbers "
-      "reported for the original checkpoints with their classifier heads (top-1/top-5 in %).",
+      f"This collection holds {len(models)} Video Swin Transformer [1] models converted "
+      "from the official PyTorch checkpoints [2] to fine-tunable TensorFlow 2 SavedModels. "
+      f"They return {returns}, as the table says. The pooled feature serves as a video "
+      "embedding or as the start of fine-tuning with a new head. The accuracies are the "
+      "official numbers reported for the original checkpoints with their classifier heads "
+      "(top-1/top-5 in %).",
       "",
       "## Models",
       "",
-      *_model_table(variants, publisher),
+      *_model_table(models, publisher),
       "",
       *other_section,
       "## Input",
       "",
-      f"- `video`: float32 `{batch_shape}`, channels first (batch, channels, frames, height, "
-      "width), RGB in [0, 1]; the official mean/std normalisation is applied inside.",
+      f"- `video`: float32 `{' or '.join(_batch_shape(shape) for shape in input_shapes)}`, "
+      "channels first (batch, channels, frames, height, width), RGB in [0, 1]; the official "
+      "mean/std normalisation is applied inside.",
       "- Frames: sample them as in the model's evaluation views (frames per clip with their "
       "sampling x clips x crops, in the table); each model's page spells the sampling out.",
-      "- Output: `[batch, feature size]` float32, the mean over frames, height and width of the "
-      "final LayerNorm feature map; `serving_default` returns it as `{\"features\": ...}`.",
+      "- Output: float32, named in the table; the `serving_default` signature returns it under "
+      "that name. The pooled feature is the mean over frames, height and width of the final "
+      "LayerNorm feature map.",
       "",
       "## References",
       "",
@@ -329,8 +408,9 @@ def publisher_doc(publisher: str) -> str:
 
 def repository_collection_md() -> str:
   """The repository's collection.md: the collection doc plus the registry's other variants."""
-  others = [v for v in variants_lib.VARIANTS.values() if not v.in_collection]
-  return collection_doc(variants_lib.collection(), DEFAULT_PUBLISHER, others=others)
+  others = [PublishedModel(v) for v in variants_lib.VARIANTS.values() if not v.in_collection]
+  return collection_doc([PublishedModel(v) for v in variants_lib.collection()],
+                        DEFAULT_PUBLISHER, others=others)
 
 
 def write_text_atomically(path: str, text: str) -> None:
@@ -347,19 +427,19 @@ def write_text_atomically(path: str, text: str) -> None:
     raise
 
 
-def write_tree(output_dir: str, variants: Sequence[variants_lib.Variant], version: int,
+def write_tree(output_dir: str, models: Sequence[PublishedModel], version: int,
                publisher: str, asset_base_url: str,
                collection_name: str = COLLECTION_NAME) -> List[str]:
-  """Writes the publisher page, one model doc per variant and the collection doc under
+  """Writes the publisher page, one model doc per model and the collection doc under
   `output_dir/tfhub.dev/assets/docs` and returns the written paths."""
-  if not variants:
-    raise ValueError("no variants to document")
+  if not models:
+    raise ValueError("no models to document")
   docs_root = os.path.join(output_dir, DOCS_DIR)
   contents = [(publisher_doc_path(docs_root, publisher), publisher_doc(publisher))]
-  contents += [(model_doc_path(docs_root, publisher, v.name, version),
-                model_doc(v, version, publisher, asset_base_url)) for v in variants]
+  contents += [(model_doc_path(docs_root, publisher, m.name, version),
+                model_doc(m, version, publisher, asset_base_url)) for m in models]
   contents.append((collection_doc_path(docs_root, publisher, collection_name),
-                   collection_doc(variants, publisher, collection_name)))
+                   collection_doc(models, publisher, collection_name)))
   for path, text in contents:
     write_text_atomically(path, text)
   return [path for path, _ in contents]

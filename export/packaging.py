@@ -22,12 +22,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from export import published_models
 from export import savedmodel
-from hub_models import variants as variants_lib
-from hub_models.hub_module import FeatureExtractor
+from hub_models.hub_module import VideoModule
 
-# The exported input, without and with the batch axis: RGB video, channels first, in [0, 1].
-INPUT_SHAPE = (3, 32, 224, 224)
 _TOOLS = ("tensorflow", "tf_keras", "tensorflow_hub", "numpy")
 # Largest accepted relative Frobenius error between a reloaded model and the in-memory one.
 _MAX_RELATIVE_ERROR = 1e-5
@@ -85,30 +83,31 @@ def make_archive(savedmodel_dir: str, archive_path: str) -> None:
   _write_atomically(archive_path, write)
 
 
-def manifest(variant: variants_lib.Variant, version: int, archive_sha256: str,
+def manifest(model: published_models.PublishedModel, version: int, archive_sha256: str,
              checkpoint_sha256: str, checkpoint_source: str,
              trainable_parameters: int) -> Dict[str, Any]:
   """The JSON-ready record of one exported version.
 
   Args:
-    variant: the exported registry variant.
+    model: the exported model (variant, output, input size).
     version: the model version (positive int).
     archive_sha256: hex sha256 of the `.tar.gz` archive.
     checkpoint_sha256: hex sha256 of the official `.pth` checkpoint the weights came from.
     checkpoint_source: the checkpoint's local path or URL.
-    trainable_parameters: number of trainable scalars in the backbone.
+    trainable_parameters: number of trainable scalars (backbone, and head if kept).
   """
   tools = {"python": platform.python_version()}
   tools.update({tool: importlib.metadata.version(tool) for tool in _TOOLS})
   return {
-      "variant": variant.name,
+      "model": model.name,
+      "variant": model.variant.name,
       "version": version,
       "archive_sha256": archive_sha256,
       "checkpoint_sha256": checkpoint_sha256,
       "checkpoint_source": checkpoint_source,
-      "input": {"name": "video", "shape": [None, *INPUT_SHAPE], "dtype": "float32",
+      "input": {"name": "video", "shape": [None, *model.input_shape], "dtype": "float32",
                 "range": [0, 1], "layout": "NCTHW"},
-      "output": {"name": "features", "shape": [None, variant.architecture.num_features],
+      "output": {"name": model.output.key, "shape": [None, *model.output_shape],
                  "dtype": "float32"},
       "trainable_parameters": trainable_parameters,
       "tools": tools,
@@ -133,13 +132,13 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
   return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
-def verify(savedmodel_dir: str, reference_model: FeatureExtractor,
-           variant: variants_lib.Variant) -> None:
+def verify(savedmodel_dir: str, reference_model: VideoModule,
+           model: published_models.PublishedModel) -> None:
   """Checks the SavedModel as users will load it against the model it was saved from.
 
   Loads it through `hub.KerasLayer` (tf_keras, fine-tunable) and Keras 3's `TFSMLayer`, checks the
-  serving signature's contract, that both give `reference_model`'s features on one random clip
-  `[1, 3, 32, 224, 224]` float32, and that every backbone parameter is trainable after reloading.
+  serving signature's contract, that both give `reference_model`'s output on one random clip
+  `[1, *model.input_shape]` float32, and that every parameter is trainable after reloading.
 
   Raises:
     savedmodel.ExportError: on the first mismatch, with a one-line message.
@@ -147,22 +146,24 @@ def verify(savedmodel_dir: str, reference_model: FeatureExtractor,
   hub_layer = hub.KerasLayer(savedmodel_dir, trainable=True)
   serving = hub_layer.resolved_object.signatures["serving_default"]
   (spec,) = serving.structured_input_signature[1].values()
-  if spec.shape.as_list() != [None, *INPUT_SHAPE] or spec.dtype != tf.float32:
+  expected_input = [None, *model.input_shape]
+  if spec.shape.as_list() != expected_input or spec.dtype != tf.float32:
     raise savedmodel.ExportError(
         f"{savedmodel_dir}: serving input is {spec.dtype.name} {spec.shape}, "
-        f"expected float32 {[None, *INPUT_SHAPE]}")
-  features = serving.structured_outputs.get("features")
-  expected_output = [None, variant.architecture.num_features]
-  if features is None or features.shape.as_list() != expected_output:
+        f"expected float32 {expected_input}")
+  key = model.output.key
+  output = serving.structured_outputs.get(key)
+  expected_output = [None, *model.output_shape]
+  if output is None or output.shape.as_list() != expected_output:
     raise savedmodel.ExportError(
-        f"{savedmodel_dir}: serving output 'features' is {features}, expected {expected_output}")
+        f"{savedmodel_dir}: serving output {key!r} is {output}, expected {expected_output}")
 
-  video = np.random.RandomState(0).rand(1, *INPUT_SHAPE).astype(np.float32)
+  video = np.random.RandomState(0).rand(1, *model.input_shape).astype(np.float32)
   want = reference_model(tf.constant(video)).numpy()
   tfsm_layer = keras.layers.TFSMLayer(savedmodel_dir, call_endpoint="serving_default")
   outputs = {
       "hub.KerasLayer": hub_layer(video, training=False).numpy(),
-      "keras.layers.TFSMLayer": np.asarray(tfsm_layer(video)["features"]),
+      "keras.layers.TFSMLayer": np.asarray(tfsm_layer(video)[key]),
   }
   for loader, got in outputs.items():
     if got.shape != want.shape:
@@ -175,7 +176,7 @@ def verify(savedmodel_dir: str, reference_model: FeatureExtractor,
           f"(relative error {error:.3g} >= {_MAX_RELATIVE_ERROR:g})")
 
   reloaded = parameter_count(hub_layer.trainable_weights)
-  in_memory = parameter_count(reference_model.backbone.trainable_variables)
+  in_memory = parameter_count(reference_model.trainable_variables)
   if reloaded != in_memory:
     raise savedmodel.ExportError(
         f"{savedmodel_dir}: {reloaded} trainable parameters after reloading, {in_memory} in memory")

@@ -1,12 +1,14 @@
 r"""Writes the tfhub.dev docs of the exported models and checks them with the validator.
 
   python -m export.write_docs --output_dir=DIR --asset_base_url=URL \
-      [--publisher=ID] [--version=N] [--variants=a,b] [--write_collection_md=PATH]
+      [--publisher=ID] [--version=N] [--variants=a,b] [--outputs=features,logits,feature_map] \
+      [--input_size=32,224,224] [--write_collection_md=PATH]
 
 writes `DIR/tfhub.dev/assets/docs/<publisher>/`: the publisher page, one model doc per variant
-(default: the collection) and the collection doc, each archive expected at
-`URL/<variant>/<version>.tar.gz`. Nothing is exported. The tool exits 1 if the written docs break
-a tfhub.dev rule, printing each problem on one line.
+(default: the collection) and output (default: the pooled feature) and the collection doc, each
+archive expected at `URL/<model>/<version>.tar.gz`, as `export.export_all` names them. Nothing is
+exported. The tool exits 1 if the written docs break a tfhub.dev rule, printing each problem on
+one line.
 """
 
 import os
@@ -16,6 +18,7 @@ from absl import app
 from absl import flags
 
 from export import docs
+from export import published_models
 from export import validate_docs
 from hub_models import variants
 
@@ -28,6 +31,12 @@ _PUBLISHER = flags.DEFINE_string("publisher", docs.DEFAULT_PUBLISHER, "tfhub.dev
 _VERSION = flags.DEFINE_integer("version", 1, "Model version (a positive integer).", lower_bound=1)
 _VARIANTS = flags.DEFINE_list("variants", None,
                               "Variants to document (default: the collection's).")
+_OUTPUTS = flags.DEFINE_list(
+    "outputs", [published_models.DEFAULT_OUTPUT],
+    "Outputs to document, each its own Hub model (as export_all --outputs): "
+    + ",".join(published_models.OUTPUTS) + ".")
+_INPUT_SIZE = flags.DEFINE_list("input_size", ["32", "224", "224"],
+                                "Frames,height,width of the exported input.")
 _WRITE_COLLECTION_MD = flags.DEFINE_string(
     "write_collection_md", None, "Also write the repository's collection.md to this path.")
 
@@ -37,10 +46,15 @@ def main(argv):
   try:
     selected = ([variants.get(name) for name in _VARIANTS.value] if _VARIANTS.value
                 else list(variants.collection()))
-  except variants.UnknownVariantError as error:
+    input_size = published_models.parse_input_size(_INPUT_SIZE.value)
+    outputs = [published_models.get_output(key) for key in dict.fromkeys(_OUTPUTS.value)]
+  except (variants.UnknownVariantError, published_models.InputSizeError,
+          published_models.UnknownOutputError) as error:
     sys.exit(f"error: {error}")
 
-  written = docs.write_tree(_OUTPUT_DIR.value, selected, _VERSION.value, _PUBLISHER.value,
+  models = [published_models.PublishedModel(v, output, input_size)
+            for v in selected for output in outputs]
+  written = docs.write_tree(_OUTPUT_DIR.value, models, _VERSION.value, _PUBLISHER.value,
                             _ASSET_BASE_URL.value)
   if _WRITE_COLLECTION_MD.value:
     docs.write_text_atomically(_WRITE_COLLECTION_MD.value, docs.repository_collection_md())

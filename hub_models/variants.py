@@ -8,6 +8,8 @@ reads their fields; it never branches on a name.
 import dataclasses
 from typing import Optional, Tuple
 
+# Frames, height, width of the papers' clips, and of the exported models unless asked otherwise.
+DEFAULT_INPUT_SIZE = (32, 224, 224)
 _OFFICIAL_RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.4/"
 _MMACTION_RELEASE = "https://download.openmmlab.com/mmaction/v1.0/recognition/swin/"
 

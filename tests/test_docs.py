@@ -1,7 +1,6 @@
 """The tfhub.dev docs: generated from the registry, valid under tfhub.dev's rules, and a validator
 that catches each kind of broken doc and archive."""
 
-import inspect
 import io
 import os
 import re
@@ -12,6 +11,7 @@ import tarfile
 import pytest
 
 from export import docs
+from export import published_models
 from export import validate_docs
 from hub_models import variants
 
@@ -25,8 +25,8 @@ REGENERATE = ("python -m export.write_docs --output_dir=/tmp/video_swin_docs "
 
 def _write(tmp_path, names, version=1):
   """Writes the docs of `names` under tmp_path; returns the docs root and the written paths."""
-  paths = docs.write_tree(str(tmp_path), [variants.get(n) for n in names], version, PUBLISHER,
-                          ASSET_BASE_URL)
+  models = [published_models.PublishedModel(variants.get(n)) for n in names]
+  paths = docs.write_tree(str(tmp_path), models, version, PUBLISHER, ASSET_BASE_URL)
   return os.path.join(str(tmp_path), docs.DOCS_DIR), paths
 
 
@@ -35,8 +35,10 @@ def _metadata(text):
   return re.findall(r"^<!-- ([\w-]+): (.*) -->$", text, flags=re.MULTILINE)
 
 
-def _model_doc(name, version=1):
-  return docs.model_doc(variants.get(name), version, PUBLISHER, ASSET_BASE_URL)
+def _model_doc(name, version=1, output="features", input_size=(32, 224, 224)):
+  model = published_models.PublishedModel(variants.get(name), published_models.get_output(output),
+                                          input_size)
+  return docs.model_doc(model, version, PUBLISHER, ASSET_BASE_URL)
 
 
 def test_generated_tree_of_all_variants_is_valid(tmp_path):
@@ -135,11 +137,36 @@ def test_model_doc_usage_examples():
   assert 'backbone(inputs)["features"]' in text
 
 
-def test_doc_input_shape_is_the_exported_one():
-  # Imported here: the hub module pulls in TensorFlow.
-  from hub_models.hub_module import FeatureExtractor  # pylint: disable=g-import-not-at-top
-  default = inspect.signature(FeatureExtractor.__init__).parameters["input_size"].default
-  assert docs.INPUT_SHAPE == (3, *default)
+def test_classification_doc():
+  name = f"{TINY}_classification"
+  text = _model_doc(TINY, version=2, output="logits")
+  assert text.startswith(f"# Module {PUBLISHER}/{name}/2\n")
+  assert ("task", "video-classification") in _metadata(text)
+  assert ("asset-path", f"{ASSET_BASE_URL}/{name}/2.tar.gz") in _metadata(text)
+  assert "`[batch, 400]`" in text and '`{"logits": ...}`' in text
+  assert 'backbone(inputs)["logits"]' in text
+  assert "This SavedModel keeps that head" in text
+
+
+def test_feature_map_doc_at_another_input_size():
+  name = f"{TINY}_feature_map_16x160x160"
+  text = _model_doc(TINY, output="feature_map", input_size=(16, 160, 160))
+  assert text.startswith(f"# Module {PUBLISHER}/{name}/1\n")
+  assert ("task", "video-feature-extraction") in _metadata(text)
+  # 16 frames / 2 = 8; 160 / 4 = 40, halved three times with rounding up: 20, 10, 5.
+  assert "`[batch, 768, 8, 5, 5]`" in text and '`{"feature_map": ...}`' in text
+  assert "[batch, 3, 16, 160, 160]" in text and "16 frames taken at a temporal interval of 2" in text
+  assert "measured on 32x224x224 clips; this model takes 16x160x160" in text
+
+
+def test_tree_of_every_output_is_valid(tmp_path):
+  models = [published_models.PublishedModel(variants.get(TINY), output, (16, 160, 160))
+            for output in published_models.OUTPUTS.values()]
+  paths = docs.write_tree(str(tmp_path), models, 1, PUBLISHER, ASSET_BASE_URL)
+  assert validate_docs.validate_docs_root(os.path.join(str(tmp_path), docs.DOCS_DIR)) == []
+  collection = open(paths[-1], encoding="utf-8").read()
+  for model in models:
+    assert f"(https://tfhub.dev/{PUBLISHER}/{model.name})" in collection
 
 
 # Each edit breaks a valid model doc in one way; the problem must name the doc and this text.

@@ -13,6 +13,7 @@ import torch
 
 import torch_reference
 from conftest import normalise, relative_error
+from export import published_models
 from export import savedmodel
 from hub_models import checkpoint, conversion, variants
 
@@ -104,8 +105,8 @@ def test_existing_version_is_not_overwritten(exported, tiny_checkpoint):
   _, path = tiny_checkpoint
   before = os.path.getmtime(os.path.join(exported, "saved_model.pb"))
   with pytest.raises(savedmodel.ExportError, match="already exists"):
-    savedmodel.export(TINY.name, path, os.path.dirname(os.path.dirname(exported)), 3,
-                             cache_dir="unused")
+    savedmodel.export(published_models.PublishedModel(TINY), path,
+                      os.path.dirname(os.path.dirname(exported)), 3, cache_dir="unused")
   assert os.path.getmtime(os.path.join(exported, "saved_model.pb")) == before
 
 
@@ -185,3 +186,24 @@ def test_unknown_variant_lists_valid_names(tmp_path):
   assert "unknown variant 'swin_huge'" in last
   for name in variants.VARIANTS:
     assert name in last
+
+
+def test_classification_export_gives_the_reference_logits(tiny_checkpoint, tmp_path):
+  reference, path = tiny_checkpoint
+  result = run_cli(f"--variant={TINY.name}", f"--checkpoint={path}", f"--output_dir={tmp_path}",
+                   "--output=logits", "--input_size=8,64,64")
+  assert result.returncode == 0, result.stderr[-3000:]
+  layer = hub.KerasLayer(str(tmp_path / f"{TINY.name}_classification_8x64x64" / "1"))
+  video = np.random.RandomState(4).rand(2, 3, 8, 64, 64).astype(np.float32)
+  _, logits = torch_reference.reference_outputs(reference, normalise(video))
+  assert relative_error(layer(video).numpy(), logits) < 1e-5
+
+
+def test_bad_input_size_writes_nothing(tiny_checkpoint, tmp_path):
+  _, path = tiny_checkpoint
+  result = run_cli(f"--variant={TINY.name}", f"--checkpoint={path}", f"--output_dir={tmp_path}",
+                   "--input_size=8,x,64")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: input size must be integers; got '8,x,64'")
+  assert not any(tmp_path.iterdir())

@@ -7,19 +7,24 @@ import subprocess
 import sys
 import tarfile
 
+import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_hub as hub
+import torch
 
 import torch_reference
-from conftest import SMALL_ARCH, small_variant
+from conftest import SMALL_ARCH, normalise, relative_error, small_variant
 from export import export_all
 from export import packaging
+from export import published_models
 from export import validate_docs
 from hub_models import variants
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = "2"
+VERSION_DEFAULT = "1"
 
 
 def run_cli(*args):
@@ -92,7 +97,8 @@ def test_manifest(exported, checkpoint_dir):
   model_dir = exported / TINY.name
   with open(model_dir / f"{VERSION}.manifest.json", encoding="utf-8") as f:
     manifest = json.load(f)
-  assert manifest["variant"] == TINY.name and manifest["version"] == int(VERSION)
+  assert manifest["model"] == manifest["variant"] == TINY.name
+  assert manifest["version"] == int(VERSION)
   assert manifest["archive_sha256"] == sha256(model_dir / f"{VERSION}.tar.gz")
   checkpoint = checkpoint_dir / f"{TINY.name}.pth"
   assert manifest["checkpoint_sha256"] == sha256(checkpoint)
@@ -159,8 +165,8 @@ def test_failure_while_packing_leaves_nothing(tmp_path, monkeypatch):
   stages = []
   out = tmp_path / "out"
   with pytest.raises(OSError, match="disk full"):
-    export_all.export_variant(variant, str(checkpoint), str(checkpoint), str(out), 1,
-                              progress=stages.append)
+    export_all.export_model(published_models.PublishedModel(variant), str(checkpoint),
+                            str(checkpoint), str(out), 1, progress=stages.append)
   assert stages == ["converting", "exporting", "verifying", "packing"]
   assert visible_files(out) == []
 
@@ -197,3 +203,53 @@ def test_failed_overwrite_puts_the_old_version_back(tmp_path):
     with open(path, encoding="utf-8") as f:
       assert f.read() == "old"
   assert os.path.isdir(final[0])
+
+
+def test_every_output_at_another_input_size_matches_torchvision(tmp_path):
+  """--outputs and --input_size: three Hub models, each equal to the reference's own output."""
+  reference = torch_reference.reference_model(TINY.architecture, TINY.num_classes, seed=11)
+  torch_reference.save_official(reference, tmp_path / f"{TINY.name}.pth")
+  out = tmp_path / "out"
+  result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={tmp_path}",
+                   f"--output_dir={out}", "--outputs=features,logits,feature_map",
+                   "--input_size=8,112,112")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"[3/3] {TINY.name}_feature_map_8x112x112: done" in result.stdout
+
+  video = np.random.RandomState(3).rand(2, 3, 8, 112, 112).astype(np.float32)
+  with torch.no_grad():
+    x = torch.from_numpy(normalise(video))
+    feature_map = reference.norm(reference.features(reference.patch_embed(x)))
+    pooled = feature_map.mean(dim=(1, 2, 3))
+    expected = {"features": pooled.numpy(), "logits": reference.head(pooled).numpy(),
+                "feature_map": feature_map.permute(0, 4, 1, 2, 3).numpy()}
+  suffixes = {"features": "", "logits": "_classification", "feature_map": "_feature_map"}
+  docs_root = out / "tfhub.dev" / "assets" / "docs"
+  for key, suffix in suffixes.items():
+    name = f"{TINY.name}{suffix}_8x112x112"
+    layer = hub.KerasLayer(str(out / name / VERSION_DEFAULT), trainable=True)
+    got = layer(video).numpy()
+    assert got.shape == expected[key].shape, key
+    assert relative_error(got, expected[key]) < 1e-5, key
+    with open(out / name / f"{VERSION_DEFAULT}.manifest.json", encoding="utf-8") as f:
+      manifest = json.load(f)
+    assert manifest["output"]["name"] == key
+    assert manifest["output"]["shape"] == [None, *expected[key].shape[1:]]
+    assert manifest["input"]["shape"] == [None, 3, 8, 112, 112]
+    assert (docs_root / "video-swin-hub" / "models" / name / f"{VERSION_DEFAULT}.md").is_file()
+  assert validate_docs.validate_docs_root(str(docs_root)) == []
+  # The classifier's head is part of what fine-tuning trains.
+  classifier = hub.KerasLayer(str(out / f"{TINY.name}_classification_8x112x112" / "1"),
+                              trainable=True)
+  assert (packaging.parameter_count(classifier.trainable_weights)
+          == 27_850_470 + 768 * 400 + 400)
+
+
+def test_unknown_output_writes_nothing(tmp_path, checkpoint_dir):
+  out = tmp_path / "out"
+  result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={checkpoint_dir}",
+                   f"--output_dir={out}", "--outputs=features,embedding")
+  assert result.returncode == 1
+  assert error_line(result) == (
+      "error: unknown output 'embedding'; valid outputs: features, logits, feature_map")
+  assert not out.exists()

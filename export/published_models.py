@@ -1,0 +1,122 @@
+"""What one published Hub model is: a registry variant, the output it returns and its input size.
+
+Each variant can be published with one of three outputs (presets as data, below); each choice is
+its own Hub model with its own name and docs. The default, the pooled feature at 32x224x224, keeps
+the variant's own name; other outputs and input sizes add a suffix, so handles never collide.
+"""
+
+import dataclasses
+from typing import Callable, Dict, Sequence, Tuple
+
+from hub_models import variants as variants_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+  """One kind of exported output.
+
+  Attributes:
+    key: the flag value and the serving signature's output name.
+    name_suffix: appended to the variant name to name the Hub model.
+    task: the tfhub.dev task id of models with this output.
+    module: the `hub_models.hub_module` class of the SavedModel root (named, so that this registry
+      does not import TensorFlow).
+    keeps_head: whether the official classification head is part of the model.
+    summary: what the model returns, for one-line descriptions.
+    shape: the output shape without the batch axis, from (variant, (T', H', W') of the final map).
+  """
+  key: str
+  name_suffix: str
+  task: str
+  module: str
+  keeps_head: bool
+  summary: str
+  shape: Callable[[variants_lib.Variant, Tuple[int, int, int]], Tuple[int, ...]]
+
+
+OUTPUTS: Dict[str, Output] = {
+    output.key: output for output in (
+        Output("features", "", "video-feature-extraction",
+               "FeatureExtractor",
+               keeps_head=False, summary="pooled video feature",
+               shape=lambda variant, _: (variant.architecture.num_features,)),
+        Output("logits", "_classification", "video-classification",
+               "Classifier",
+               keeps_head=True, summary="classification logits",
+               shape=lambda variant, _: (variant.num_classes,)),
+        Output("feature_map", "_feature_map", "video-feature-extraction",
+               "FeatureMapExtractor",
+               keeps_head=False, summary="final feature map",
+               shape=lambda variant, size: (variant.architecture.num_features, *size)),
+    )
+}
+DEFAULT_OUTPUT = "features"
+DEFAULT_INPUT_SIZE = variants_lib.DEFAULT_INPUT_SIZE
+
+
+class UnknownOutputError(ValueError):
+  """An output kind that is not in OUTPUTS; the message lists the valid ones."""
+
+
+def get_output(key: str) -> Output:
+  if key not in OUTPUTS:
+    raise UnknownOutputError(f"unknown output {key!r}; valid outputs: {', '.join(OUTPUTS)}")
+  return OUTPUTS[key]
+
+
+class InputSizeError(ValueError):
+  """An input size that is not three positive integers."""
+
+
+def parse_input_size(values: Sequence[str]) -> Tuple[int, int, int]:
+  """Frames, height, width from three strings of positive integers.
+
+  Raises:
+    InputSizeError: naming what is wrong.
+  """
+  if len(values) != 3:
+    raise InputSizeError(f"input size needs frames,height,width; got {','.join(values)!r}")
+  try:
+    size = tuple(int(v) for v in values)
+  except ValueError:
+    raise InputSizeError(f"input size must be integers; got {','.join(values)!r}") from None
+  if min(size) < 1:
+    raise InputSizeError(f"input size must be positive; got {size}")
+  return size
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedModel:
+  """A variant exported with one output at one input size."""
+  variant: variants_lib.Variant
+  output: Output = OUTPUTS[DEFAULT_OUTPUT]
+  input_size: Tuple[int, int, int] = DEFAULT_INPUT_SIZE
+
+  @property
+  def name(self) -> str:
+    """The Hub model name: the variant's, plus the output's suffix, plus `_TxHxW` when the input
+    size is not the default."""
+    size = ""
+    if tuple(self.input_size) != DEFAULT_INPUT_SIZE:
+      size = "_" + "x".join(str(s) for s in self.input_size)
+    return f"{self.variant.name}{self.output.name_suffix}{size}"
+
+  @property
+  def input_shape(self) -> Tuple[int, ...]:
+    """The input without its batch axis: (3, T, H, W)."""
+    return (3, *self.input_size)
+
+  @property
+  def feature_map_size(self) -> Tuple[int, int, int]:
+    """T', H', W' of the final map: the patch embedding divides each axis by the patch size (with
+    padding, so rounding up) and each of the patch mergings halves H and W (again rounding up)."""
+    arch = self.variant.architecture
+    frames, height, width = (-(-s // p) for s, p in zip(self.input_size, arch.patch_size))
+    for _ in range(len(arch.depths) - 1):
+      height, width = -(-height // 2), -(-width // 2)
+    return frames, height, width
+
+  @property
+  def output_shape(self) -> Tuple[int, ...]:
+    """The output without its batch axis."""
+    return self.output.shape(self.variant, self.feature_map_size)
