@@ -8,7 +8,7 @@ For each variant and each requested output (default: the pooled feature) this wr
 <name> (the variant name, plus a suffix for another output or input size):
   DIR/<name>/<N>/               the fine-tunable SavedModel (input `video` float32
                                 [None, 3, 32, 224, 224] in [0, 1], output `features` [None, 8C];
-                                on request `logits` [None, K] or `feature_map` [None, 8C, 16, 7, 7]),
+                                on request `logits` [None, K], `feature_map` [None, 8C, 16, 7, 7]),
   DIR/<name>/<N>.tar.gz         the same files at the archive root, as tfhub.dev serves them,
   DIR/<name>/<N>.manifest.json  checkpoint and archive sha256, contract, tool versions,
 and finally the docs tree under DIR/tfhub.dev/assets/docs. Checkpoints come from

@@ -1,0 +1,53 @@
+r"""Pooled Video Swin features for a set of video files, on one machine.
+
+  python -m extraction.extract_features --model=HANDLE --videos=GLOB_OR_LIST --output=DIR \
+      [--protocol=kinetics|ssv2] [--num_clips=N] [--frame_interval=2] [--num_crops=1|3] \
+      [--short_side=S] [--min_frames=1] [--video_root=DIR] [--batch_size=12] \
+      [--shard_size=100] [--decode_workers=2]
+
+The defaults are the Kinetics test protocol at the model's input size: 4 clips of T frames at
+interval 2, short side = crop size, 3 crops (12 views). Each video's views are run through the
+model's `serving_default` signature in batches of `--batch_size` views (views of consecutive videos
+share a batch) and the features averaged over the views. See `extraction.records` for the output
+folder: TFRecord shards, manifest.json, errors.tsv; and `extraction.runner` for resuming:
+re-running the same command skips the videos already extracted and retries those that failed.
+
+Progress lines give videos done/listed, failures, views/s (one view is one crop of one clip: one
+model input), videos/s and the remaining time. Bad input ends with one `error: ...` line before
+anything is written; a video that cannot be used goes to errors.tsv and the run goes on.
+"""
+
+import os
+
+# As the other tools: tensorflow_hub is built for tf_keras; select it before TensorFlow loads.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import sys
+
+from absl import app
+from absl import flags
+
+from extraction import cli
+from extraction import job as job_lib
+from extraction import runner
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_DECODE_WORKERS = flags.DEFINE_integer(
+    "decode_workers", 2, "Threads decoding and preprocessing videos ahead of the model.",
+    lower_bound=1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    job = cli.job_from_flags()
+  except job_lib.USER_ERRORS as error:
+    sys.exit(f"error: {error}")
+  runner.run(job, batch_size=cli.BATCH_SIZE.value, shard_size=cli.SHARD_SIZE.value,
+             decode_workers=_DECODE_WORKERS.value, progress=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+  app.run(main)
