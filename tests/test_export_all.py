@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -253,3 +254,26 @@ def test_unknown_output_writes_nothing(tmp_path, checkpoint_dir):
   assert error_line(result) == (
       "error: unknown output 'embedding'; valid outputs: features, logits, feature_map")
   assert not out.exists()
+
+
+def test_killed_export_leaves_no_version_and_does_not_block_a_rerun(tmp_path, checkpoint_dir):
+  """SIGKILL while the SavedModel is being written: nothing visible; the next run succeeds."""
+  out = tmp_path / "out"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "export.export_all", f"--variants={TINY.name}",
+       f"--checkpoint_dir={checkpoint_dir}", f"--output_dir={out}", "--input_size=8,64,64"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in process.stdout:
+    if line.rstrip().endswith(": exporting"):
+      break
+  time.sleep(1)
+  process.kill()
+  process.wait()
+  name = f"{TINY.name}_8x64x64"
+  assert not (out / name).exists() or os.listdir(out / name) == []
+  assert not (out / "tfhub.dev").exists()
+
+  result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={checkpoint_dir}",
+                   f"--output_dir={out}", "--input_size=8,64,64")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(out / name)) == ["1", "1.manifest.json", "1.tar.gz"]
