@@ -29,6 +29,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import dataclasses
+import re
 import shutil
 import sys
 import tempfile
@@ -107,6 +108,32 @@ def check_not_published(output_dir: str, name: str, version: int) -> None:
           f"{path} already exists: versions are immutable (use --overwrite)")
 
 
+def _process_exists(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_staging(output_dir: str, progress: Callable[[str], None] = print) -> None:
+  """Deletes staging folders left by exports that were killed (their process is gone)."""
+  staging_root = os.path.join(output_dir, STAGING_DIR)
+  if not os.path.isdir(staging_root):
+    return
+  for entry in sorted(os.listdir(staging_root)):
+    match = re.search(r"-pid(\d+)-", entry)
+    if match and not _process_exists(int(match.group(1))):
+      shutil.rmtree(os.path.join(staging_root, entry), ignore_errors=True)
+      progress(f"removed {os.path.join(staging_root, entry)}, left by an interrupted export")
+  try:
+    os.rmdir(staging_root)
+  except OSError:
+    pass
+
+
 def local_checkpoint(checkpoint_dir: str, name: str) -> str:
   """`checkpoint_dir/<name>.pth`, or ExportError naming that path if it is missing."""
   path = os.path.join(checkpoint_dir, f"{name}.pth")
@@ -170,7 +197,9 @@ def export_model(model: published_models.PublishedModel, checkpoint_path: str,
 
   staging_root = os.path.join(output_dir, STAGING_DIR)
   os.makedirs(staging_root, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f"{model.name}-{version}-", dir=staging_root)
+  # The pid lets a later run tell a killed run's leftovers from a running export's folder.
+  staging = tempfile.mkdtemp(prefix=f"{model.name}-{version}-pid{os.getpid()}-",
+                             dir=staging_root)
   try:
     staged = published_paths(staging, "new", version)
     os.makedirs(os.path.dirname(staged[0]))
@@ -260,6 +289,8 @@ def main(argv):
   except EXPORT_ERRORS as error:
     sys.exit(f"error: {error}")
 
+  if not publisher:
+    remove_stale_staging(output_dir)
   # With a gs:// destination, versions are built and verified here first.
   work_dir = tempfile.mkdtemp(prefix="video-swin-export-") if publisher else output_dir
   try:

@@ -272,8 +272,10 @@ def test_killed_export_leaves_no_version_and_does_not_block_a_rerun(tmp_path, ch
   name = f"{TINY.name}_8x64x64"
   assert not (out / name).exists() or os.listdir(out / name) == []
   assert not (out / "tfhub.dev").exists()
-
+  assert (out / export_all.STAGING_DIR).is_dir()  # The killed run's leftovers, hidden.
   result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={checkpoint_dir}",
                    f"--output_dir={out}", "--input_size=8,64,64")
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "left by an interrupted export" in result.stdout
   assert sorted(os.listdir(out / name)) == ["1", "1.manifest.json", "1.tar.gz"]
+  assert not (out / export_all.STAGING_DIR).exists()
