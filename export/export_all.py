@@ -289,8 +289,13 @@ def main(argv):
   except EXPORT_ERRORS as error:
     sys.exit(f"error: {error}")
 
-  if not publisher:
-    remove_stale_staging(output_dir)
+  try:
+    if publisher:
+      publisher.remove_stale_staging(progress=print)
+    else:
+      remove_stale_staging(output_dir)
+  except EXPORT_ERRORS as error:
+    sys.exit(f"error: {error}")
   # With a gs:// destination, versions are built and verified here first.
   work_dir = tempfile.mkdtemp(prefix="video-swin-export-") if publisher else output_dir
   try:

@@ -10,6 +10,8 @@ A version is built and verified locally first (see export_all), then published h
 
 A version is visible only after step 3; if step 3 fails, the objects copied so far are deleted (and
 a version being replaced with --overwrite is restored), so a half-published version never stays.
+A killed run can leave step 1's objects behind; `remove_stale_staging` deletes those older than a
+day.
 Each storage call is retried with backoff on errors gcsfs calls transient (5xx, 429, timeouts).
 
 `STORAGE_EMULATOR_HOST=http://HOST:PORT` points gcsfs at a local emulator; anonymous access is
@@ -25,6 +27,7 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import datetime
 import posixpath
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -36,6 +39,9 @@ from gcsfs import retry as gcsfs_retry
 
 SCHEME = "gs://"
 STAGING_PREFIX = ".staging"
+# Staged uploads older than this belong to a publisher that was killed (a version uploads in
+# minutes); younger ones may belong to a run in progress and are left alone.
+STALE_STAGING_AGE = datetime.timedelta(days=1)
 
 
 class PublishError(RuntimeError):
@@ -60,6 +66,14 @@ def _md5_base64(path: str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return base64.b64encode(digest.digest()).decode("ascii")
+
+
+def _updated(info: dict) -> datetime.datetime:
+  """When an object was last written, from gcsfs's listing details."""
+  updated = info.get("updated") or info.get("timeCreated")
+  if isinstance(updated, datetime.datetime):
+    return updated
+  return datetime.datetime.fromisoformat(updated.replace("Z", "+00:00"))
 
 
 def _local_files(local_dir: str) -> List[str]:
@@ -200,6 +214,20 @@ class GcsPublisher:
         self.fs.rm(url, recursive=True)
     except Exception:  # pylint: disable=broad-except
       pass
+
+  def remove_stale_staging(self, now: Optional[datetime.datetime] = None,
+                           progress: Callable[[str], None] = lambda _: None) -> List[str]:
+    """Deletes staged objects older than STALE_STAGING_AGE (left by killed runs); returns them."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    prefix = self.url(STAGING_PREFIX) + "/"
+    found = self._call(f"listing {prefix}", self.fs.find, prefix, detail=True)
+    stale = [SCHEME + path for path, info in found.items()
+             if now - _updated(info) > STALE_STAGING_AGE]
+    for url in stale:
+      self._call(f"removing {url}", self.fs.rm, url)
+    if stale:
+      progress(f"removed {len(stale)} staged objects under {prefix}, left by interrupted runs")
+    return stale
 
   def upload_tree(self, local_dir: str, relative_root: str) -> List[str]:
     """Uploads every file below `local_dir` to `<root>/<relative_root>/...` (docs: each object

@@ -1,5 +1,6 @@
 """gs:// publishing against a real GCS emulator (gcp-storage-emulator) started on 127.0.0.1."""
 
+import datetime
 import os
 import socket
 import subprocess
@@ -246,3 +247,17 @@ def test_failed_overwrite_restores_the_old_version(fs, small_version, monkeypatc
 def test_not_a_gcs_root_is_refused():
   with pytest.raises(gcs.PublishError, match="not a gs://bucket"):
     gcs.GcsPublisher("gs://")
+
+
+def test_stale_staging_is_removed_and_fresh_staging_kept(fs):
+  publisher = gcs.GcsPublisher(f"gs://{BUCKET}/stale", fs=fs)
+  fs.pipe(f"{BUCKET}/stale/{gcs.STAGING_PREFIX}/m-1-abc/00000", b"left by a killed run")
+  fs.pipe(f"{BUCKET}/stale/m/1.tar.gz", b"a published archive")
+  assert publisher.remove_stale_staging() == []  # Just written: may be a run in progress.
+  later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
+  lines = []
+  removed = publisher.remove_stale_staging(now=later, progress=lines.append)
+  assert removed == [f"gs://{BUCKET}/stale/{gcs.STAGING_PREFIX}/m-1-abc/00000"]
+  assert lines and "left by interrupted runs" in lines[0]
+  fs.invalidate_cache()
+  assert _objects(fs, "stale") == ["m/1.tar.gz"]
