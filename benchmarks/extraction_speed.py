@@ -7,8 +7,8 @@ Writes `--num_videos` H.264 mp4s (tests/synthetic_videos.py), exports a random-w
 `--model_size` (small: the tests' narrow architecture at 8x56x56 on 64-frame 96x128 videos;
 swin_t: Swin-T at 32x224x224 on 10 s, 30 fps, 256x340 Kinetics-sized videos) through the real
 `FeatureExtractor.save`, runs `extract_features.run` over the videos with the Kinetics protocol
-and prints videos/s, views/s (one view = one crop of one clip = one model input) and where the
-time went: decoding and preprocessing (summed over the decoding threads, which overlap the
+and prints videos/s, clips/s, views/s (one view = one crop of one clip = one model input) and
+where the time went: decoding and preprocessing (summed over the decoding threads, which overlap the
 model) against the model calls.
 """
 
@@ -84,8 +84,10 @@ def main(argv):
                                    decode_workers=_DECODE_WORKERS.value,
                                    progress=lambda line: None)
   timings = summary.timings
+  clips = summary.extracted * job.sampling.num_clips
   print(f"wall {summary.seconds:.2f} s: {summary.extracted / summary.seconds:.3f} videos/s, "
-        f"{timings.views / summary.seconds:.2f} views/s ({job.sampling.num_views} views/video)")
+        f"{clips / summary.seconds:.2f} clips/s, {timings.views / summary.seconds:.2f} views/s "
+        f"({job.sampling.num_clips} clips x {job.sampling.num_crops} crops per video)")
   print(f"decode {timings.decode:.2f} s ({timings.decode / summary.extracted:.3f} s/video), "
         f"preprocess {timings.preprocess:.2f} s ({timings.preprocess / summary.extracted:.3f} "
         f"s/video), summed over threads")
