@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from conftest import export_small_model
 from synthetic_videos import write_corrupt, write_mp4
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +39,18 @@ def write_videos(root):
                                 f"corrupt.mp4\n{root}/a.mp4\n")
   (root / "good.txt").write_text("\n".join(GOOD) + "\n")
   return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  """A random-weight small model (input 8x56x56); test files use it by importing this fixture."""
+  return export_small_model(str(tmp_path_factory.mktemp("model") / "small"))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  """The folder `write_videos` fills; test files use it by importing this fixture."""
+  return write_videos(tmp_path_factory.mktemp("videos"))
 
 
 def run_module(module, *args):

@@ -7,22 +7,13 @@ import numpy as np
 import pytest
 
 import extraction_fixtures as fx
-from conftest import export_small_model
+# pytest finds these fixtures in the module namespace.
+from extraction_fixtures import model_dir, videos  # pylint: disable=unused-import
 from extraction import beam_pipeline
 from extraction import job as job_lib
 from extraction import model as model_lib
 from extraction import records
 from extraction import runner
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  return export_small_model(str(tmp_path_factory.mktemp("model") / "small"))
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-  return fx.write_videos(tmp_path_factory.mktemp("videos"))
 
 
 def quiet(unused_line):

@@ -10,7 +10,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 import extraction_fixtures as fx
-from conftest import export_small_model
+# pytest finds these fixtures in the module namespace.
+from extraction_fixtures import model_dir, videos  # pylint: disable=unused-import
 from extraction import extractor
 from extraction import inputs
 from extraction import job as job_lib
@@ -21,16 +22,6 @@ from extraction import sampling
 from extraction import video as video_lib
 
 FEATURE_DIM = 192  # 8 x the small test architecture's embed_dim of 24.
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  return export_small_model(str(tmp_path_factory.mktemp("model") / "small"))
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-  return fx.write_videos(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module")
