@@ -296,10 +296,11 @@ def test_missing_storage_record(tmp_path):
   _expect_error(path, "storage record 'partial/data/1'", 'lacks')
 
 
-def test_storage_too_short(tmp_path):
+def test_storage_record_shorter_than_its_persistent_id(tmp_path):
   path = _save({'a': torch.ones(3, 4)}, tmp_path / 'short.pth')
   _rewrite_zip(path, lambda name, data: data[:20] if name.endswith('/data/0') else data)
-  _expect_error(path, "storage '0' holds 5 float32 elements", 'needs 12')
+  _expect_error(path, "record 'short/data/0' holds 20 bytes", 'declares 48 bytes',
+                '12 float32 elements')
 
 
 def test_unknown_storage_type(tmp_path):
