@@ -7,9 +7,12 @@ VARIANTS ?=
 CHECKPOINT_DIR ?=
 VERSION ?= 1
 
-$(VENV)/.runtime: requirements.txt
+# The checkout is installed in editable mode (no dependencies, no build isolation: offline), so
+# the installed names `video_swin_hub.<hub_models|export|extraction>` resolve to these folders.
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime

@@ -1,7 +1,9 @@
-"""Videos -> per-video pooled features: decoding threads, batched inference, view averaging.
+"""Videos -> per-video pooled features: decoding ahead of the model, batched inference, view
+averaging.
 
 Both tools run `extract`: the single-machine CLI over all its videos, the Beam pipeline over each
-batch of videos a worker receives.
+batch of videos a worker receives. Decoding happens in worker processes (`decode_worker`), so a
+file that crashes or exhausts the decoder becomes that video's error, never the run's end.
 """
 
 import collections
@@ -10,17 +12,27 @@ import itertools
 import threading
 import time
 from concurrent import futures
-from typing import Callable, Deque, Iterable, Iterator, List, Optional
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Protocol
 
 import numpy as np
 
-from extraction import inputs
-from extraction import preprocess
-from extraction import sampling as sampling_lib
-from extraction import video as video_lib
+from . import decode_worker
+from . import inputs
+from . import preprocess
+from . import sampling as sampling_lib
+from . import video as video_lib
 
 # `[B, 3, T, H, W]` float32 -> `[B, D]` float32, e.g. a model.FeatureModel.
 Model = Callable[[np.ndarray], np.ndarray]
+
+
+class FrameSource(Protocol):
+  """Where sampled frames come from, e.g. a decode_worker.WorkerPool; called from several
+  threads at once."""
+
+  def sample(self, path: str, sampling: sampling_lib.Sampling,
+             min_frames: int) -> video_lib.SampledFrames:
+    """The frames of `path` that `sampling` needs; raises video.VideoError."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +66,19 @@ class Timings:
       setattr(self, name, getattr(self, name) + amount)
 
 
-def prepare(path: str, sampling: sampling_lib.Sampling, min_frames: int = 1,
-            timings: Optional[Timings] = None) -> np.ndarray:
+def prepare(path: str, sampling: sampling_lib.Sampling, min_frames: int, source: FrameSource,
+            timings: Timings) -> np.ndarray:
   """Decodes and preprocesses one video: `[num_views, 3, T, H, W]` float32 in [0, 1].
 
   Raises:
-    video.VideoError: undecodable, or fewer than `min_frames` (at least 1) decodable frames.
+    video.VideoError: undecodable, fewer than `min_frames` (at least 1) decodable frames, or the
+      decoder failed on it.
   """
-  timings = timings if timings is not None else Timings()
   start = time.perf_counter()
-  frames = video_lib.decode(path).frames
+  sampled = source.sample(path, sampling, min_frames)
   decoded = time.perf_counter()
   timings.add("decode", decoded - start)
-  if len(frames) < max(min_frames, 1):
-    raise video_lib.VideoError(
-        path, f"too short: {len(frames)} decodable frames, at least {max(min_frames, 1)} needed")
-  views = preprocess.views(frames, sampling)
+  views = preprocess.clip_views(sampled.frames, sampled.clip_frames, sampling)
   timings.add("preprocess", time.perf_counter() - decoded)
   return views
 
@@ -137,11 +146,13 @@ class _Batcher:
 
 def extract(videos: Iterable[inputs.VideoRef], model: Model, sampling: sampling_lib.Sampling, *,
             min_frames: int = 1, batch_size: int = 12, decode_workers: int = 2,
+            frame_source: Optional[FrameSource] = None,
             timings: Optional[Timings] = None) -> Iterator[Result]:
   """Yields one Result per video, as soon as it is known (failures come as they are decoded).
 
-  `decode_workers` threads decode and preprocess up to twice as many videos ahead of the model
-  (PyAV and TensorFlow release the GIL), so decoding overlaps inference.
+  `decode_workers` threads decode (through `frame_source`) and preprocess up to twice as many
+  videos ahead of the model (pipes and TensorFlow release the GIL), so decoding overlaps
+  inference.
 
   Args:
     videos: what to extract.
@@ -150,17 +161,22 @@ def extract(videos: Iterable[inputs.VideoRef], model: Model, sampling: sampling_
     min_frames: videos with fewer decodable frames fail.
     batch_size: views per model call.
     decode_workers: decoding threads.
+    frame_source: decodes the videos; default: a decode_worker.WorkerPool of `decode_workers`
+      processes with its default limits, stopped at the end.
     timings: accumulates the time per stage, when given.
   """
   timings = timings if timings is not None else Timings()
   batcher = _Batcher(model, batch_size, timings)
   remaining = iter(videos)
+  own_source = frame_source is None
+  source = decode_worker.WorkerPool(decode_workers) if own_source else frame_source
   pool = futures.ThreadPoolExecutor(decode_workers)
   ahead = collections.deque()
 
   def read_ahead(count: int) -> None:
     for video in itertools.islice(remaining, count):
-      ahead.append((video, pool.submit(prepare, video.path, sampling, min_frames, timings)))
+      ahead.append((video, pool.submit(prepare, video.path, sampling, min_frames, source,
+                                       timings)))
 
   try:
     read_ahead(2 * decode_workers)
@@ -176,3 +192,5 @@ def extract(videos: Iterable[inputs.VideoRef], model: Model, sampling: sampling_
     yield from batcher.flush()
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
+    if own_source:
+      source.close()

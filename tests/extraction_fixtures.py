@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import av
+import numpy as np
 import pytest
 
 from conftest import export_small_model
@@ -51,6 +53,13 @@ def model_dir(tmp_path_factory):
 def videos(tmp_path_factory):
   """The folder `write_videos` fills; test files use it by importing this fixture."""
   return write_videos(tmp_path_factory.mktemp("videos"))
+
+
+def decode_all(path):
+  """Every frame of `path`, `[N, height, width, 3]` uint8, decoded with PyAV directly: the
+  reference that the tools' streaming decoder is compared with."""
+  with av.open(str(path)) as container:
+    return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def run_module(module, *args):

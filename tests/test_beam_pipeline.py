@@ -35,7 +35,8 @@ def test_pipeline_output_equals_the_tool_output(model_dir, videos, tmp_path):
 
   names = fx.visible_files(beam_output)
   shards = [n for n in names if n.startswith("features-")]
-  assert names == sorted(shards + ["errors.tsv", "manifest.json"])  # no Beam temporaries left
+  # No Beam temporaries left.
+  assert names == sorted(shards + [".lock", "errors.tsv", "manifest.json"])
   # The shard count is fixed before the run: 5 videos to extract in shards of 2.
   assert len(shards) == 3 and all(n.endswith("-of-00003.tfrecord") for n in shards)
 
@@ -46,8 +47,10 @@ def test_pipeline_output_equals_the_tool_output(model_dir, videos, tmp_path):
     assert got[video_id]["num_views"] == row["num_views"] == 6
     np.testing.assert_allclose(got[video_id]["features"], row["features"], atol=1e-5, rtol=0)
 
-  assert (sorted(records.read_errors(str(beam_output))) ==
-          sorted(records.read_errors(str(tool_output))) ==
+  def errors(output):
+    return sorted((path, reason) for path, reason, _ in records.read_errors(str(output)))
+
+  assert (errors(beam_output) == errors(tool_output) ==
           [(f"{videos}/{name}", reason) for name, reason in sorted(fx.BAD.items())])
   tool_manifest = json.loads((tool_output / "manifest.json").read_text())
   beam_manifest = json.loads((beam_output / "manifest.json").read_text())
@@ -67,14 +70,14 @@ def test_pipeline_loads_the_model_once_and_resumes(model_dir, videos, tmp_path, 
   # ... and the pipeline, in this process with two worker threads, the rest.
   job = job_lib.make_job(model=model_dir, videos=f"{videos}/all.txt", output=output,
                          **fx.JOB_SETTINGS)
-  assert sorted(job.done) == ["a.mp4", "c.mp4"]
+  assert sorted(job_lib.resume(job).done) == ["a.mp4", "c.mp4"]
   loads = []
 
   class CountingModel(model_lib.FeatureModel):
 
-    def __init__(self, handle):
+    def __init__(self, handle, clip_size=None):
       loads.append(handle)
-      super().__init__(handle)
+      super().__init__(handle, clip_size)
 
   monkeypatch.setattr(model_lib, "FeatureModel", CountingModel)
   beam_pipeline.run(job, ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],

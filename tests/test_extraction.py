@@ -2,6 +2,7 @@
 calls of the model, output files, resuming after an interruption, and its command line."""
 
 import json
+import re
 import wave
 
 import numpy as np
@@ -43,12 +44,18 @@ def quiet(unused_line):
   pass
 
 
-def test_decode_gives_every_frame(videos):
-  clip = video_lib.decode(str(videos / "a.mp4"))
-  assert clip.frames.shape == (40, 48, 64, 3) and clip.frames.dtype == np.uint8
-  assert clip.fps == 25
-  portrait = video_lib.decode(str(videos / "sub" / "b.mp4"))
-  assert portrait.frames.shape == (24, 96, 80, 3) and portrait.fps == 12
+def test_sample_keeps_only_the_sampled_frames(videos):
+  path = str(videos / "a.mp4")
+  every = fx.decode_all(path)
+  assert every.shape == (40, 48, 64, 3)
+  indices = np.array([[3, 5, 7], [35, 37, 39]])
+  got = video_lib.sample(path, lambda n: indices if n == 40 else None)
+  assert got.num_frames == 40 and got.frames.dtype == np.uint8
+  assert got.frames.shape == (6, 48, 64, 3)  # the six distinct frames, no other
+  np.testing.assert_array_equal(got.frames[got.clip_frames], every[indices])
+  # Repeated indices are decoded once.
+  got = video_lib.sample(str(videos / "sub" / "b.mp4"), lambda n: np.array([[0, 0, 23, 0]]))
+  assert got.frames.shape == (2, 96, 80, 3) and got.clip_frames.tolist() == [[0, 0, 1, 0]]
 
 
 def test_decode_errors_name_the_file(videos, tmp_path):
@@ -60,10 +67,13 @@ def test_decode_errors_name_the_file(videos, tmp_path):
   cases = {videos / "corrupt.mp4": "cannot decode: Invalid data found when processing input",
            tmp_path / "missing.mp4": "cannot decode: No such file or directory",
            tmp_path / "sound.wav": "no video stream"}
+  first_frame = lambda n: np.zeros([1, 1], np.int64)
   for path, reason in cases.items():
     with pytest.raises(video_lib.VideoError) as error:
-      video_lib.decode(str(path))
+      video_lib.sample(str(path), first_frame)
     assert error.value.reason == reason and str(error.value) == f"{path}: {reason}"
+  with pytest.raises(video_lib.VideoError, match="too short: 2 decodable frames, at least 4"):
+    video_lib.sample(str(videos / "short.mp4"), first_frame, min_frames=4)
 
 
 def test_ids_are_paths_under_the_root(videos):
@@ -85,12 +95,13 @@ def test_cli_writes_shards_manifest_and_errors(cli_run, model_dir, videos):
   output, result = cli_run
   names = fx.visible_files(output)
   shards = [n for n in names if n.startswith("features-")]
-  assert names == sorted(shards + ["errors.tsv", "manifest.json"])
+  assert names == sorted(shards + [".lock", "errors.tsv", "manifest.json"])
   assert len(shards) == 2  # 3 videos in shards of 2
   assert list(fx.rows(output)) == list(fx.GOOD)
 
   manifest = json.loads((output / "manifest.json").read_text())
   assert manifest["model"] == model_dir and manifest["input_size"] == [8, 56, 56]
+  assert manifest["signature"] == "serving_default"
   assert manifest["feature_dim"] == FEATURE_DIM and manifest["video_root"] == str(videos)
   assert manifest["sampling"] == {"protocol": "kinetics", "clip_len": 8, "crop_size": [56, 56],
                                   "num_clips": 2, "num_crops": 3, "short_side": 56,
@@ -99,18 +110,20 @@ def test_cli_writes_shards_manifest_and_errors(cli_run, model_dir, videos):
   assert manifest["complete"] is True
 
   lines = (output / "errors.tsv").read_text().splitlines()
-  assert lines[0] == "path\treason"
-  assert sorted(lines[1:]) == [f"{videos}/{name}\t{reason}" for name, reason in
+  assert lines[0] == "path\treason\trun"
+  run = lines[1].rsplit("\t", 1)[1]
+  assert re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{4}", run) and shards[0].startswith(f"features-{run}")
+  assert sorted(lines[1:]) == [f"{videos}/{name}\t{reason}\t{run}" for name, reason in
                                sorted(fx.BAD.items())]
-  assert records.read_errors(str(output)) == [(f"{videos}/{n}", r) for n, r in
-                                              sorted(fx.BAD.items())]
+  assert sorted(records.read_errors(str(output))) == [(f"{videos}/{n}", r, run) for n, r in
+                                                      sorted(fx.BAD.items())]
   assert "5 videos listed, 0 already extracted, 5 to extract" in result.stdout
   assert "[5/5] 2 failed" in result.stdout and "extracted 3, failed 2" in result.stdout
 
 
 def direct_features(signature, path, sampling):
   """The model's signature called on the video's views, averaged over them."""
-  views = preprocess.views(video_lib.decode(path).frames, sampling)
+  views = preprocess.views(fx.decode_all(path), sampling)
   return signature(video=tf.constant(views))["features"].numpy().mean(axis=0), len(views)
 
 
