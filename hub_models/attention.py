@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from hub_models import layers
+from hub_models import shapes
 from hub_models import windows
 
 
@@ -29,22 +30,24 @@ class WindowAttention(tf.Module):
     self.qkv = layers.Dense(features, 3 * features, name="qkv")
     self.proj = layers.Dense(features, features, name="proj")
 
-  def relative_position_bias(self, tokens: int) -> tf.Tensor:
-    """Bias `[heads, N, N]` float32 for a window of `tokens` tokens."""
-    index = windows.relative_position_index(self.window_size)[:tokens, :tokens]
-    bias = tf.gather(self.relative_position_bias_table, tf.reshape(index, [-1]))
+  def relative_position_bias(self, bias_index: tf.Tensor, tokens: shapes.Size) -> tf.Tensor:
+    """Bias `[heads, N, N]` float32 from the table rows `bias_index` `[N * N]` (see
+    `windows.StageLayout`)."""
+    bias = tf.gather(self.relative_position_bias_table, bias_index)
     return tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1])
 
-  def __call__(self, x: tf.Tensor, mask: Optional[tf.Tensor]) -> tf.Tensor:
+  def __call__(self, x: tf.Tensor, bias_index: tf.Tensor,
+               mask: Optional[tf.Tensor]) -> tf.Tensor:
     """Attends within each window.
 
     Args:
       x: `[B * nW, N, C]` float32 windows, batch-major.
+      bias_index: `[N * N]` int32 rows of the bias table.
       mask: `[nW, N, N]` float32 additive mask for shifted windows, or None.
     Returns:
       `[B * nW, N, C]` float32.
     """
-    tokens, features = x.shape[1], x.shape[2]
+    tokens, features = shapes.sizes(x)[1], x.shape[2]
     head_dim = features // self.num_heads
     # Scaling q through the (small) weights instead of the activations saves a pass over q.
     scale = tf.concat([tf.fill([features], self.scale), tf.ones([2 * features])], 0)
@@ -53,9 +56,9 @@ class WindowAttention(tf.Module):
     qkv = tf.reshape(qkv, [-1, tokens, 3, self.num_heads, head_dim])
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
     attn = tf.matmul(q, k, transpose_b=True)
-    attn = attn + self.relative_position_bias(tokens)
+    attn = attn + self.relative_position_bias(bias_index, tokens)
     if mask is not None:
-      num_windows = mask.shape[0]
+      num_windows = shapes.sizes(mask)[0]
       attn = tf.reshape(attn, [-1, num_windows, self.num_heads, tokens, tokens])
       attn = tf.reshape(attn + mask[:, None], [-1, self.num_heads, tokens, tokens])
     out = tf.matmul(tf.nn.softmax(attn), v)
@@ -69,31 +72,34 @@ class SwinBlock(tf.Module):
   def __init__(self, features: int, num_heads: int, window_size: Sequence[int], shifted: bool,
                mlp_ratio: float, drop_path_rate: float, epsilon: float, name=None):
     super().__init__(name=name)
-    self.window_size = tuple(window_size)
-    self.shift_size = tuple(w // 2 if shifted else 0 for w in window_size)
+    self.shifted = shifted
     self.drop_path_rate = drop_path_rate
     self.norm1 = layers.LayerNorm(features, epsilon, name="norm1")
     self.attn = WindowAttention(features, num_heads, window_size, name="attn")
     self.norm2 = layers.LayerNorm(features, epsilon, name="norm2")
     self.mlp = layers.Mlp(features, int(features * mlp_ratio), name="mlp")
 
-  def __call__(self, x: tf.Tensor, mask: Optional[tf.Tensor], training: bool = False) -> tf.Tensor:
-    """`mask` is the stage's shift mask (see `windows.shift_mask`), used only by shifted blocks."""
-    grid = tuple(x.shape[1:4])
-    window, shift = windows.effective_window(grid, self.window_size, self.shift_size)
-    padded = windows.padded_grid(grid, window)
+  def __call__(self, x: tf.Tensor, layout: windows.StageLayout,
+               training: bool = False) -> tf.Tensor:
+    """`layout` is the stage's (see `windows.stage_layout`); unshifted blocks ignore its shift."""
+    grid, window, padded = layout.grid, layout.window, layout.padded
+    shift = layout.shift if self.shifted else (0, 0, 0)
+    # With run-time sizes these are taken unconditionally: padding by 0 and rolling by 0 are exact.
+    pad = shapes.may_differ(padded, grid)
+    shifted = shapes.may_be_nonzero(shift)
 
     y = self.norm1(x)
     # Padding comes after the norm and padded tokens stay visible as keys, as in the official model.
-    if padded != grid:
+    if pad:
       y = tf.pad(y, [[0, 0]] + [[0, p - g] for p, g in zip(padded, grid)] + [[0, 0]])
-    if any(shift):
+    if shifted:
       y = tf.roll(y, shift=[-s for s in shift], axis=[1, 2, 3])
-    y = self.attn(windows.partition(y, window), mask if any(shift) else None)
+    y = self.attn(windows.partition(y, window), layout.bias_index,
+                  layout.mask if shifted else None)
     y = windows.merge(y, window, padded)
-    if any(shift):
+    if shifted:
       y = tf.roll(y, shift=list(shift), axis=[1, 2, 3])
-    if padded != grid:
+    if pad:
       y = y[:, :grid[0], :grid[1], :grid[2]]
     x = x + layers.drop_path(y, self.drop_path_rate, training)
     return x + layers.drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, training)

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from hub_models import attention
 from hub_models import layers
+from hub_models import shapes
 from hub_models import windows
 from hub_models.variants import Architecture
 
@@ -27,21 +28,18 @@ class Stage(tf.Module):
                        if downsample else None)
 
   def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-    grid = tuple(x.shape[1:4])
     half = tuple(w // 2 for w in self.window_size)
-    window, shift = windows.effective_window(grid, self.window_size, half)
-    # One mask per stage, shared by its shifted blocks, as in the official model.
-    mask = windows.shift_mask(windows.padded_grid(grid, window), window, shift)
+    layout = windows.stage_layout(shapes.sizes(x)[1:4], self.window_size, half)
     for block in self.blocks:
-      x = block(x, mask, training=training)
+      x = block(x, layout, training=training)
     return self.downsample(x) if self.downsample is not None else x
 
 
 class VideoSwinBackbone(tf.Module):
   """Video Swin Transformer backbone (official `SwinTransformer3D`), without any head.
 
-  Call with a normalised video `[B, T, H, W, 3]` float32 (any static T, H, W; dynamic B). Returns
-  the final-norm feature map `[B, ceil(T/2), ceil(H/32), ceil(W/32), 8C]` float32 (ceil at each
+  Call with a normalised video `[B, T, H, W, 3]` float32 (any T, H, W, static or run-time; any B).
+  Returns the final-norm feature map `[B, ceil(T/2), ceil(H/32), ceil(W/32), 8C]` float32 (ceil at each
   halving). `training=True` enables stochastic depth.
   """
 

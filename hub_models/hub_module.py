@@ -23,12 +23,18 @@ RGB_MEAN = (123.675, 116.28, 103.53)
 RGB_STD = (58.395, 57.12, 57.375)
 
 
+# Input dtypes the root's `__call__` is traced for: float32, and the compute dtypes of the Keras
+# mixed-precision policies (hub.KerasLayer casts its input to the policy's compute dtype).
+INPUT_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
+
+
 class VideoModule(tf.Module):
-  """Video `[B, 3, T, H, W]` float32 RGB in [0, 1] -> `_outputs(...)` float32.
+  """Video `[B, 3, T, H, W]` RGB in [0, 1] -> `_outputs(...)`.
 
   The official mean/std normalisation happens inside, so callers only scale pixels to [0, 1].
-  T, H, W are fixed by `input_size` at export time; the batch is dynamic. Subclasses set
-  `output_key` (the serving signature's output name) and implement `_outputs`.
+  `input_size` (T, H, W) is the fixed clip shape of the `serving_default` signature; `__call__`
+  and the `serving_dynamic` signature also take any T, H, W and batch. Subclasses set `output_key`
+  (the serving signatures' output name) and implement `_outputs`.
   """
 
   output_key = None
@@ -48,7 +54,13 @@ class VideoModule(tf.Module):
 
   @property
   def input_spec(self) -> tf.TensorSpec:
+    """The fixed `serving_default` input: float32 `[None, 3, T, H, W]`."""
     return tf.TensorSpec([None, 3, *self.input_size], tf.float32, name="video")
+
+  @property
+  def dynamic_input_spec(self) -> tf.TensorSpec:
+    """The `serving_dynamic` input: float32 `[None, 3, None, None, None]`."""
+    return tf.TensorSpec([None, 3, None, None, None], tf.float32, name="video")
 
   def _outputs(self, feature_map: tf.Tensor, training: bool) -> tf.Tensor:
     """Final-norm map `[B, T', H', W', 8C]` -> this module's output."""
@@ -56,22 +68,73 @@ class VideoModule(tf.Module):
 
   @tf.function
   def __call__(self, video: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """`video` float32, bfloat16 or float16 `[B, 3, T, H, W]` -> the output in the same dtype.
+
+    Whatever the input dtype, the model computes in float32 (the variables' dtype): a reduced
+    precision input is cast up and the output cast back, to the dtype Keras layers return under a
+    mixed-precision policy.
+    """
+    video_float32 = tf.cast(video, tf.float32)
+    if video.shape[2:].is_fully_defined():
+      output = self._call_float32(video_float32, training)
+    else:
+      # A loaded model picks the first saved trace whose spec is compatible with the input, and an
+      # unknown size is compatible with any fixed one, so the saved traces all take run-time shapes
+      # and send clips of the export's shape to the graph specialised to it.
+      fixed = [None, 3, *self.input_size]
+      output = tf.cond(
+          tf.reduce_all(tf.equal(tf.shape(video)[2:], self.input_size)),
+          lambda: self._call_float32(tf.ensure_shape(video_float32, fixed), training),
+          lambda: self._call_float32(video_float32, training))
+    return tf.cast(output, video.dtype)
+
+  @tf.function
+  def _call_float32(self, video: tf.Tensor, training: bool) -> tf.Tensor:
+    # Its own tf.function so that the traces for each input dtype call one float32 graph per clip
+    # shape instead of each holding a copy of it.
     mean = tf.constant([m / 255.0 for m in RGB_MEAN], shape=[1, 3, 1, 1, 1])
     std = tf.constant([s / 255.0 for s in RGB_STD], shape=[1, 3, 1, 1, 1])
     x = tf.transpose((video - mean) / std, [0, 2, 3, 4, 1])
     return self._outputs(self.backbone(x, training=training), training)
 
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    # The float32 graphs are saved once, as functions that `__call__`'s traces call; saving them
+    # also as an attribute of their own would store a second copy of each.
+    children = super()._trackable_children(save_type, **kwargs)
+    children.pop("_call_float32", None)
+    return children
+
   def save(self, path: str) -> None:
-    """Writes the SavedModel to `path`: `__call__` for both `training` values, and a
-    `serving_default` signature returning {output_key: output}."""
-    self.__call__.get_concrete_function(self.input_spec, training=True)
-    self.__call__.get_concrete_function(self.input_spec, training=False)
+    """Writes the SavedModel to `path`.
+
+    The root's `__call__` is traced for `[None, 3, None, None, None]`, each dtype of
+    `INPUT_DTYPES` and both `training` values; the signatures `serving_default` (the fixed
+    `input_spec`) and `serving_dynamic` (`dynamic_input_spec`) map float32 `video` to
+    {output_key: output} float32.
+    """
+    for dtype in INPUT_DTYPES:
+      for training in (False, True):
+        self.__call__.get_concrete_function(
+            tf.TensorSpec(self.dynamic_input_spec.shape, dtype, name="video"), training=training)
 
     @tf.function(input_signature=[self.input_spec])
-    def serve(video):
+    def serving_default(video):
+      # A loaded signature does not check shapes: without this, another clip shape fails deep in
+      # the graph with a reshape error.
+      fixed = [3, *self.input_size]
+      accepted = tf.debugging.Assert(
+          tf.reduce_all(tf.equal(tf.shape(video)[1:], fixed)),
+          [f"serving_default takes video [batch, {', '.join(map(str, fixed))}]; use "
+           "serving_dynamic for other clip shapes. Got shape", tf.shape(video)], summarize=5)
+      with tf.control_dependencies([accepted]):
+        return {self.output_key: self._call_float32(tf.identity(video), training=False)}
+
+    @tf.function(input_signature=[self.dynamic_input_spec])
+    def serving_dynamic(video):
       return {self.output_key: self.__call__(video, training=False)}
 
-    tf.saved_model.save(self, path, signatures={"serving_default": serve})
+    tf.saved_model.save(self, path, signatures={"serving_default": serving_default,
+                                                "serving_dynamic": serving_dynamic})
 
 
 class FeatureExtractor(VideoModule):

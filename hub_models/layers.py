@@ -8,6 +8,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from hub_models import shapes
+
 
 def _truncated_normal(shape, stddev=0.02):
   return tf.random.truncated_normal(shape, stddev=stddev)
@@ -26,8 +28,7 @@ class Dense(tf.Module):
       return self._apply_2d(x)
     # A 2-D matmul is markedly faster on CPU than a broadcasting batch matmul.
     y = self._apply_2d(tf.reshape(x, [-1, x.shape[-1]]))
-    leading = [-1 if size is None else size for size in x.shape[:-1]]
-    return tf.reshape(y, leading + [self.kernel.shape[-1]])
+    return tf.reshape(y, shapes.reshape_target(x)[:-1] + [self.kernel.shape[-1]])
 
   def _apply_2d(self, x: tf.Tensor) -> tf.Tensor:
     y = tf.matmul(x, self.kernel)
@@ -61,7 +62,7 @@ class Mlp(tf.Module):
     # than a reshape between them).
     flat = tf.reshape(x, [-1, x.shape[-1]])
     y = self.fc2(tf.nn.gelu(self.fc1(flat), approximate=False))
-    return tf.reshape(y, [-1 if size is None else size for size in x.shape])
+    return tf.reshape(y, shapes.reshape_target(x))
 
 
 def drop_path(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
@@ -91,8 +92,8 @@ class PatchEmbedding(tf.Module):
     self.norm = LayerNorm(embed_dim, epsilon, name="norm")
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    pads = [(-size) % patch for size, patch in zip(x.shape[1:4], self.patch_size)]
-    if any(pads):
+    pads = [(-size) % patch for size, patch in zip(shapes.sizes(x)[1:4], self.patch_size)]
+    if shapes.may_be_nonzero(pads):
       x = tf.pad(x, [[0, 0]] + [[0, p] for p in pads] + [[0, 0]])
     x = tf.nn.conv3d(x, self.kernel, strides=[1, *self.patch_size, 1], padding="VALID")
     return self.norm(tf.nn.bias_add(x, self.bias))
@@ -111,8 +112,8 @@ class PatchMerging(tf.Module):
     self.reduction = Dense(4 * features, 2 * features, use_bias=False, name="reduction")
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    _, d, h, w, c = x.shape
-    if h % 2 or w % 2:
+    _, d, h, w, c = shapes.sizes(x)
+    if shapes.may_be_nonzero([h % 2, w % 2]):
       x = tf.pad(x, [[0, 0], [0, 0], [0, h % 2], [0, w % 2], [0, 0]])
       h, w = h + h % 2, w + w % 2
     # One reshape/transpose instead of four strided slices (several times faster on CPU): the

@@ -1,15 +1,19 @@
 """Shifted-window bookkeeping for 3D (D, H, W) token grids.
 
-Everything here depends only on static sizes. Relative-position indices and attention masks are
-built from a handful of TF ops at trace time instead of being stored as constants, so a saved graph
-stays small whatever the window or input size.
+Sizes are Python ints when the clip shape is fixed at trace time and int32 scalar tensors when it
+is not (see `shapes.py`); the same functions serve both, and with static sizes they add no ops.
+Relative-position indices and attention masks are built from a handful of TF ops instead of being
+stored as constants, so a saved graph stays small whatever the window or input size.
 """
 
+import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-Size3 = Tuple[int, int, int]
+from hub_models import shapes
+
+Size3 = Tuple[shapes.Size, shapes.Size, shapes.Size]
 
 
 def effective_window(grid: Sequence[int], window: Sequence[int],
@@ -17,13 +21,20 @@ def effective_window(grid: Sequence[int], window: Sequence[int],
   """Shrinks the window to the grid on each axis where the grid is not larger.
 
   Matches the official `get_window_size`: on an axis with `grid <= window` the window becomes the
-  grid size and the shift becomes 0 (note the `<=`: equal sizes also disable the shift).
+  grid size and the shift becomes 0 (note the `<=`: equal sizes also disable the shift). `window`
+  and `shift` are the configured ints; a run-time grid size gives run-time results on its axis,
+  except that a configured shift of 0 stays a Python 0.
   """
   new_window, new_shift = list(window), list(shift)
   for axis in range(3):
-    if grid[axis] <= window[axis]:
-      new_window[axis] = grid[axis]
-      new_shift[axis] = 0
+    if isinstance(grid[axis], int):
+      if grid[axis] <= window[axis]:
+        new_window[axis] = grid[axis]
+        new_shift[axis] = 0
+    else:
+      new_window[axis] = tf.minimum(grid[axis], window[axis])
+      if shift[axis]:
+        new_shift[axis] = tf.where(grid[axis] <= window[axis], 0, shift[axis])
   return tuple(new_window), tuple(new_shift)
 
 
@@ -38,7 +49,7 @@ def partition(x: tf.Tensor, window: Size3) -> tf.Tensor:
   Windows are ordered batch-major then (d, h, w); tokens inside a window are d-major, as in the
   official model.
   """
-  _, d, h, w, c = x.shape
+  _, d, h, w, c = shapes.sizes(x)
   wd, wh, ww = window
   x = tf.reshape(x, [-1, d // wd, wd, h // wh, wh, w // ww, ww, c])
   x = tf.transpose(x, [0, 1, 3, 5, 2, 4, 6, 7])
@@ -71,22 +82,25 @@ def relative_position_index(window: Sequence[int]) -> tf.Tensor:
 def _region_labels(size: int, window: int, shift: int) -> tf.Tensor:
   """Per-axis region of each position: 0, 1, 2 for the slices [:-w], [-w:-s], [-s:].
 
-  With shift 0 the official slice(-0, None) covers the whole axis, so every position is region 2.
+  With shift 0 the official slice(-0, None) covers the whole axis, so every position is region 2
+  (also when a run-time shift turns out to be 0).
   """
-  positions = tf.range(size)
-  if shift == 0:
+  if not shapes.may_be_nonzero([shift]):
     return tf.fill([size], 2)
-  return (tf.cast(positions >= size - window, tf.int32)
-          + tf.cast(positions >= size - shift, tf.int32))
+  positions = tf.range(size)
+  labels = (tf.cast(positions >= size - window, tf.int32)
+            + tf.cast(positions >= size - shift, tf.int32))
+  return labels if isinstance(shift, int) else tf.where(tf.equal(shift, 0), 2, labels)
 
 
 def shift_mask(grid: Size3, window: Size3, shift: Size3) -> Optional[tf.Tensor]:
   """Additive mask `[nW, N, N]` float32 for shifted windows over the padded `grid`, or None.
 
   Tokens that came from different regions of the rolled grid get -100 (not -inf, as the official
-  model), others 0. Returns None when no axis is shifted.
+  model), others 0. Returns None when no axis is shifted; run-time shifts that are all 0 give an
+  all-zero mask, which leaves the attention logits exactly unchanged.
   """
-  if not any(shift):
+  if not shapes.may_be_nonzero(shift):
     return None
   ld, lh, lw = (_region_labels(g, w, s) for g, w, s in zip(grid, window, shift))
   labels = ld[:, None, None] * 9 + lh[None, :, None] * 3 + lw[None, None, :]
@@ -94,3 +108,36 @@ def shift_mask(grid: Size3, window: Size3, shift: Size3) -> Optional[tf.Tensor]:
   labels = tf.squeeze(partition(labels, window), -1)
   different = tf.not_equal(labels[:, :, None], labels[:, None, :])
   return tf.where(different, tf.constant(-100.0), tf.constant(0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class StageLayout:
+  """How one stage's token grid is cut into windows; computed once per stage, as the official
+  model does, and shared by its blocks.
+
+  Attributes:
+    grid: the stage's (D, H, W).
+    window: the effective window (shrunk to the grid where the grid is not larger).
+    shift: the effective shift of the stage's shifted blocks (unshifted blocks use 0).
+    padded: the grid rounded up to multiples of `window`.
+    mask: `[nW, N, N]` float32 additive mask for the shifted blocks, or None.
+    bias_index: `[N * N]` int32 rows of the configured window's bias table for a window of
+      N = prod(window) tokens.
+  """
+
+  grid: Size3
+  window: Size3
+  shift: Size3
+  padded: Size3
+  mask: Optional[tf.Tensor]
+  bias_index: tf.Tensor
+
+
+def stage_layout(grid: Size3, window: Sequence[int], shift: Sequence[int]) -> StageLayout:
+  """The layout of a stage with token `grid` and the configured `window` and half-window `shift`."""
+  effective, effective_shift = effective_window(grid, window, shift)
+  padded = padded_grid(grid, effective)
+  tokens = effective[0] * effective[1] * effective[2]
+  index = relative_position_index(window)[:tokens, :tokens]
+  return StageLayout(grid, effective, effective_shift, padded,
+                     shift_mask(padded, effective, effective_shift), tf.reshape(index, [-1]))
