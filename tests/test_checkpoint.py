@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 import zipfile
 
 import numpy as np
@@ -16,21 +15,11 @@ import torch
 
 from hub_models import checkpoint
 from hub_models.checkpoint import CheckpointError, SkippedObject
+from tools import checkpoint_seeds
+from tools.checkpoint_seeds import Config, ConfigDict
 
 _FORMATS = {'zip': True, 'legacy': False}  # format name -> _use_new_zipfile_serialization
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Config:
-  """Plays mmcv's Config in checkpoint metadata; pickled under a module that does not exist."""
-
-  def __init__(self):
-    self.filename = 'swin_tiny.py'
-    self.cfg = {'model': {'type': 'Recognizer3D'}, 'lr': 0.1, 'weights': torch.ones(2)}
-
-
-class ConfigDict(dict):
-  """Plays mmcv's ConfigDict: a dict subclass, pickled with its items and its attributes."""
 
 
 class _Call:
@@ -49,28 +38,9 @@ def _save(obj, path, fmt='zip', **kwargs):
 
 
 def _save_under_fake_mmcv(obj, path, fmt='zip', **kwargs):
-  """Saves `obj` while Config and ConfigDict claim to live in `mmcv.utils.config`.
-
-  Pickling checks that a class can be found under its module, so the module exists only while
-  saving; afterwards importing it fails, which is what `load` must never try.
-  """
-  module = types.ModuleType('mmcv.utils.config')
-  saved = {name: sys.modules.get(name) for name in ('mmcv', 'mmcv.utils', 'mmcv.utils.config')}
-  try:
-    for cls in (Config, ConfigDict):
-      cls.__module__ = module.__name__
-      setattr(module, cls.__name__, cls)
-    sys.modules.update({'mmcv': types.ModuleType('mmcv'),
-                        'mmcv.utils': types.ModuleType('mmcv.utils'), module.__name__: module})
+  """Saves `obj` while Config and ConfigDict claim to live in `mmcv.utils.config`."""
+  with checkpoint_seeds.fake_mmcv():
     return _save(obj, path, fmt, **kwargs)
-  finally:
-    for cls in (Config, ConfigDict):
-      cls.__module__ = __name__
-    for name, previous in saved.items():
-      if previous is None:
-        sys.modules.pop(name, None)
-      else:
-        sys.modules[name] = previous
 
 
 def _rewrite_zip(path, edit):

@@ -171,7 +171,9 @@ def seeds() -> Dict[str, bytes]:
       'views_zip': lambda: _saved(_views()),
       'views_legacy': lambda: _saved(_views(), zipped=False),
       'odd_tensors_zip': lambda: _saved(_odd_tensors()),
-      'odd_tensors_legacy': lambda: _saved(_odd_tensors(), zipped=False),
+      # torch cannot read back an untyped storage (uint16) in the legacy format.
+      'odd_tensors_legacy': lambda: _saved(
+          {k: v for k, v in _odd_tensors().items() if k != 'uint16'}, zipped=False),
       'big_endian_zip': lambda: _to_big_endian(_saved({'w': torch.randn(3, 2).double()})),
   }
   return {name: make() for name, make in makers.items()}

@@ -31,6 +31,7 @@ import json
 import os
 import random
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -55,30 +56,59 @@ class Finding:
   detail: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+  """One load: what it returned or raised, its wall time and how far it raised the traced heap."""
+  result: object
+  error: Optional[BaseException]
+  seconds: float
+  peak_bytes: int
+
+
+def measure(path: str, load: Callable[[str], object] = checkpoint.load,
+            trace: bool = True) -> Measurement:
+  """Runs `load(path)`, catching any Exception; under tracemalloc (numpy's arrays included)
+  unless `trace` is False (then `peak_bytes` is 0), as tracing slows allocation several times."""
+  tracing = tracemalloc.is_tracing()
+  if trace and not tracing:
+    tracemalloc.start()
+  if trace:
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+  start = time.monotonic()
+  result, error = None, None
+  try:
+    result = load(path)
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  seconds = time.monotonic() - start
+  peak = tracemalloc.get_traced_memory()[1] - base if trace else 0
+  if trace and not tracing:
+    tracemalloc.stop()
+  return Measurement(result, error, seconds, peak)
+
+
+def memory_bound(size: int) -> int:
+  """The most a load of a `size`-byte file may raise the traced heap by (module docstring)."""
+  return checkpoint.MEMORY_BYTES_PER_FILE_BYTE * size + MEMORY_ALLOWANCE
+
+
 def check_input(data: bytes, scratch_path: str, per_input_seconds: float,
                 load: Callable[[str], object] = checkpoint.load) -> Optional[Finding]:
-  """Loads `data` (written to `scratch_path`) with `load`; a Finding when it breaks a criterion.
-
-  tracemalloc must be tracing (this only resets its peak).
-  """
+  """Loads `data` (written to `scratch_path`) with `load`; a Finding when it breaks a criterion."""
   with open(scratch_path, 'wb') as file:
     file.write(data)
-  tracemalloc.reset_peak()
-  base = tracemalloc.get_traced_memory()[0]
-  start = time.monotonic()
-  try:
-    load(scratch_path)
-  except checkpoint.CheckpointError:
-    pass
-  except Exception as e:  # pylint: disable=broad-except
-    return Finding('exception', f'{type(e).__name__}: {str(e)[:200]}')
-  elapsed = time.monotonic() - start
-  grown = tracemalloc.get_traced_memory()[1] - base
-  allowed = checkpoint.MEMORY_BYTES_PER_FILE_BYTE * len(data) + MEMORY_ALLOWANCE
-  if elapsed > per_input_seconds:
-    return Finding('slow', f'{elapsed:.1f} s for {len(data)} bytes')
-  if grown > allowed:
-    return Finding('memory', f'{grown} bytes for {len(data)} bytes (allowed {allowed})')
+  run = measure(scratch_path, load)
+  if run.error is not None and not isinstance(run.error, checkpoint.CheckpointError):
+    # Only a string argument is quoted: str() of a KeyError holding a deep tuple is huge.
+    args = run.error.args
+    detail = args[0][:200] if args and isinstance(args[0], str) else ''
+    return Finding('exception', f'{type(run.error).__name__}: {detail}')
+  if run.seconds > per_input_seconds:
+    return Finding('slow', f'{run.seconds:.1f} s for {len(data)} bytes')
+  if run.peak_bytes > memory_bound(len(data)):
+    return Finding('memory', f'{run.peak_bytes} bytes for {len(data)} bytes '
+                             f'(allowed {memory_bound(len(data))})')
   return None
 
 
@@ -118,8 +148,12 @@ def _mutate_zip_record(data: bytes, max_size: int, rng: random.Random, mutate) -
   return result if len(result) <= max_size else None
 
 
-def _fuzz_child(findings_dir: str, per_input_seconds: float, libfuzzer_args: List[str]) -> None:
-  """Runs libFuzzer in this process on the reader, instrumented with its pickle and zipfile."""
+def _fuzz_child(launcher: str, findings_dir: str, per_input_seconds: float,
+                libfuzzer_args: List[str]) -> None:
+  """Runs libFuzzer in this process on the reader, instrumented with its pickle and zipfile.
+
+  `launcher` is what libFuzzer runs to start another such process (for -merge).
+  """
   import atheris  # pylint: disable=import-outside-toplevel
 
   global checkpoint  # pylint: disable=global-statement
@@ -153,7 +187,7 @@ def _fuzz_child(findings_dir: str, per_input_seconds: float, libfuzzer_args: Lis
 
   tracemalloc.start()
   try:
-    atheris.Setup([sys.argv[0], *libfuzzer_args], test_one_input, custom_mutator=custom_mutator)
+    atheris.Setup([launcher, *libfuzzer_args], test_one_input, custom_mutator=custom_mutator)
     atheris.Fuzz()
   finally:
     os.remove(scratch.name)
@@ -200,8 +234,13 @@ def _run_child(args: List[str], report: Report) -> int:
 
 
 def fuzz(max_time: float, work_dir: str, findings_dir: str, per_input_seconds: float,
-         max_len: int, rss_limit_mb: int, seed_dir: Optional[str] = None) -> Report:
-  """Fuzzes `load` for `max_time` seconds; see the module docstring."""
+         max_len: int, rss_limit_mb: int, seed_dir: Optional[str] = None,
+         merge_into: Optional[str] = None) -> Report:
+  """Fuzzes `load` for `max_time` seconds; see the module docstring.
+
+  With `merge_into`, afterwards adds to that folder the fewest working-corpus inputs that reach
+  coverage it lacks (libFuzzer -merge=1).
+  """
   corpus = os.path.join(work_dir, 'corpus')
   artifacts = os.path.join(work_dir, 'artifacts')
   for directory in (corpus, artifacts):
@@ -212,14 +251,19 @@ def fuzz(max_time: float, work_dir: str, findings_dir: str, per_input_seconds: f
     checkpoint_seeds.write_seeds(seed_dir)
   report = Report()
   start = time.monotonic()
+  # libFuzzer starts further processes (for -merge) as argv[0]: an executable that runs the child.
+  launcher = os.path.join(work_dir, 'fuzz_child.sh')
+  with open(launcher, 'w') as file:
+    file.write(f'#!/bin/sh\ncd {shlex.quote(_REPO_ROOT)} && exec {shlex.quote(sys.executable)} '
+               f'-m tools.fuzz_checkpoint --child --launcher={shlex.quote(launcher)} '
+               f'--findings_dir={shlex.quote(findings_dir)} '
+               f'--per_input_seconds={per_input_seconds} -- "$@"\n')
+  os.chmod(launcher, 0o755)
+  child = [launcher, f'-max_len={max_len}', f'-timeout={max(10, int(4 * per_input_seconds))}',
+           f'-rss_limit_mb={rss_limit_mb}', f'-artifact_prefix={artifacts}/']
   while (remaining := int(max_time - (time.monotonic() - start))) >= 1:
-    code = _run_child([
-        sys.executable, '-m', 'tools.fuzz_checkpoint', '--child', f'--findings_dir={findings_dir}',
-        f'--per_input_seconds={per_input_seconds}', '--',
-        corpus, seed_dir, f'-max_total_time={remaining}', f'-max_len={max_len}',
-        f'-timeout={max(10, int(4 * per_input_seconds))}', f'-rss_limit_mb={rss_limit_mb}',
-        f'-artifact_prefix={artifacts}/', '-print_final_stats=1',
-    ], report)
+    code = _run_child([*child, f'-max_total_time={remaining}', '-print_final_stats=1', corpus,
+                       seed_dir], report)
     # libFuzzer's own kills (timeout, out of memory, a crash) leave the input as an artifact.
     for name in sorted(os.listdir(artifacts)):
       with open(os.path.join(artifacts, name), 'rb') as file:
@@ -232,6 +276,10 @@ def fuzz(max_time: float, work_dir: str, findings_dir: str, per_input_seconds: f
       break
   report.seconds = round(time.monotonic() - start, 1)
   report.corpus_files = len(os.listdir(corpus))
+  if merge_into:
+    os.makedirs(merge_into, exist_ok=True)
+    subprocess.run([*child, '-merge=1', merge_into, corpus], cwd=_REPO_ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return report
 
 
@@ -248,18 +296,22 @@ _MAX_LEN = flags.DEFINE_integer('max_len', 16384, 'Largest input libFuzzer gener
 _RSS_LIMIT_MB = flags.DEFINE_integer('rss_limit_mb', 2048,
                                      'libFuzzer kills the fuzzing process above this RSS.')
 _REPORT = flags.DEFINE_string('report', None, 'Also write the report as JSON here.')
+_MERGE_INTO = flags.DEFINE_string('merge_into', None, 'After fuzzing, add the working-corpus '
+                                  'inputs that reach new coverage to this folder (e.g. '
+                                  'tests/data/checkpoint_corpus).')
 _CHILD = flags.DEFINE_bool('child', False, 'Internal: be the fuzzing process (libFuzzer '
                            'arguments follow --).')
+_LAUNCHER = flags.DEFINE_string('launcher', None, 'Internal: the script that starts a child.')
 
 
 def main(argv):
   if _CHILD.value:
-    _fuzz_child(_FINDINGS_DIR.value, _PER_INPUT_SECONDS.value, argv[1:])
+    _fuzz_child(_LAUNCHER.value, _FINDINGS_DIR.value, _PER_INPUT_SECONDS.value, argv[1:])
     return
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   report = fuzz(_MAX_TIME.value, _WORK_DIR.value, _FINDINGS_DIR.value, _PER_INPUT_SECONDS.value,
-                _MAX_LEN.value, _RSS_LIMIT_MB.value, _SEED_DIR.value)
+                _MAX_LEN.value, _RSS_LIMIT_MB.value, _SEED_DIR.value, _MERGE_INTO.value)
   summary = json.dumps(dataclasses.asdict(report), indent=1)
   print(summary)
   if _REPORT.value:
