@@ -908,9 +908,9 @@ def _checked(reader, file, budget: _Budget, what: str) -> Any:
                           f'bytes') from e
   except Exception as e:  # pylint: disable=broad-except
     # Corrupt bytes reach the pickle machinery, zipfile and numpy, which raise all kinds of errors.
-    # Only a string argument is quoted: str(e) of a KeyError would repr its key in full.
-    detail = e.args[0] if e.args and type(e.args[0]) is str else ''
-    raise CheckpointError(f'{what} ({type(e).__name__}: {detail[:200]})') from e
+    # str() of a KeyError is the full repr of its key, which a file can make exponential.
+    detail = _brief(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)[:200]
+    raise CheckpointError(f'{what} ({type(e).__name__}: {detail})') from e
 
 
 def load(path: 'str | os.PathLike', limits: Limits = DEFAULT_LIMITS) -> Any:
