@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import tarfile
-import tempfile
 from typing import Any, Dict
 
 import keras
@@ -22,27 +21,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from export import errors
+from export import files
 from export import published_models
-from export import savedmodel
 from hub_models.hub_module import VideoModule
 
 _TOOLS = ("tensorflow", "tf_keras", "tensorflow_hub", "numpy")
 # Largest accepted relative Frobenius error between a reloaded model and the in-memory one.
 _MAX_RELATIVE_ERROR = 1e-5
-
-
-def _write_atomically(path: str, write_fn) -> None:
-  """Calls `write_fn(binary_file)` on a temporary file next to `path`, then moves it into place,
-  so readers never see a partial file."""
-  directory = os.path.dirname(path) or "."
-  fd, temp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-    os.replace(temp_path, path)
-  except BaseException:
-    os.unlink(temp_path)
-    raise
 
 
 def _archive_members(savedmodel_dir: str):
@@ -80,31 +66,36 @@ def make_archive(savedmodel_dir: str, archive_path: str) -> None:
           else:
             tar.addfile(info)
 
-  _write_atomically(archive_path, write)
+  files.write_atomically(archive_path, write)
 
 
 def manifest(model: published_models.PublishedModel, version: int, archive_sha256: str,
-             checkpoint_sha256: str, checkpoint_source: str,
-             trainable_parameters: int) -> Dict[str, Any]:
+             archive_bytes: int, checkpoint_sha256: str, checkpoint_source: str,
+             checkpoint_trust: str, trainable_parameters: int) -> Dict[str, Any]:
   """The JSON-ready record of one exported version.
 
   Args:
     model: the exported model (variant, output, input size).
     version: the model version (positive int).
     archive_sha256: hex sha256 of the `.tar.gz` archive.
+    archive_bytes: the archive's size.
     checkpoint_sha256: hex sha256 of the official `.pth` checkpoint the weights came from.
     checkpoint_source: the checkpoint's local path or URL.
+    checkpoint_trust: how its sha256 was established (hub_models.download.trust).
     trainable_parameters: number of trainable scalars (backbone, and head if kept).
   """
   tools = {"python": platform.python_version()}
   tools.update({tool: importlib.metadata.version(tool) for tool in _TOOLS})
   return {
       "model": model.name,
+      "identity": published_models.identity(model),
       "variant": model.variant.name,
       "version": version,
       "archive_sha256": archive_sha256,
+      "archive_bytes": archive_bytes,
       "checkpoint_sha256": checkpoint_sha256,
       "checkpoint_source": checkpoint_source,
+      "checkpoint_trust": checkpoint_trust,
       "input": {"name": "video", "shape": [None, *model.input_shape], "dtype": "float32",
                 "range": [0, 1], "layout": "NCTHW"},
       "output": {"name": model.output.key, "shape": [None, *model.output_shape],
@@ -119,7 +110,7 @@ def write_manifest(path: str, **fields) -> Dict[str, Any]:
   """Writes `manifest(**fields)` to `path` as indented JSON (atomically) and returns it."""
   record = manifest(**fields)
   text = json.dumps(record, indent=2) + "\n"
-  _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+  files.write_text_atomically(path, text)
   return record
 
 
@@ -141,21 +132,21 @@ def verify(savedmodel_dir: str, reference_model: VideoModule,
   `[1, *model.input_shape]` float32, and that every parameter is trainable after reloading.
 
   Raises:
-    savedmodel.ExportError: on the first mismatch, with a one-line message.
+    errors.ExportError: on the first mismatch, with a one-line message.
   """
   hub_layer = hub.KerasLayer(savedmodel_dir, trainable=True)
   serving = hub_layer.resolved_object.signatures["serving_default"]
   (spec,) = serving.structured_input_signature[1].values()
   expected_input = [None, *model.input_shape]
   if spec.shape.as_list() != expected_input or spec.dtype != tf.float32:
-    raise savedmodel.ExportError(
+    raise errors.ExportError(
         f"{savedmodel_dir}: serving input is {spec.dtype.name} {spec.shape}, "
         f"expected float32 {expected_input}")
   key = model.output.key
   output = serving.structured_outputs.get(key)
   expected_output = [None, *model.output_shape]
   if output is None or output.shape.as_list() != expected_output:
-    raise savedmodel.ExportError(
+    raise errors.ExportError(
         f"{savedmodel_dir}: serving output {key!r} is {output}, expected {expected_output}")
 
   video = np.random.RandomState(0).rand(1, *model.input_shape).astype(np.float32)
@@ -167,16 +158,16 @@ def verify(savedmodel_dir: str, reference_model: VideoModule,
   }
   for loader, got in outputs.items():
     if got.shape != want.shape:
-      raise savedmodel.ExportError(
+      raise errors.ExportError(
           f"{savedmodel_dir}: {loader} output shape {got.shape}, expected {want.shape}")
     error = _relative_error(got, want)
     if not error < _MAX_RELATIVE_ERROR:
-      raise savedmodel.ExportError(
+      raise errors.ExportError(
           f"{savedmodel_dir}: {loader} differs from the in-memory model "
           f"(relative error {error:.3g} >= {_MAX_RELATIVE_ERROR:g})")
 
   reloaded = parameter_count(hub_layer.trainable_weights)
   in_memory = parameter_count(reference_model.trainable_variables)
   if reloaded != in_memory:
-    raise savedmodel.ExportError(
+    raise errors.ExportError(
         f"{savedmodel_dir}: {reloaded} trainable parameters after reloading, {in_memory} in memory")

@@ -6,8 +6,9 @@ the variant's own name; other outputs and input sizes add a suffix, so handles n
 """
 
 import dataclasses
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
+from export import errors
 from hub_models import variants as variants_lib
 
 
@@ -54,7 +55,7 @@ DEFAULT_OUTPUT = "features"
 DEFAULT_INPUT_SIZE = variants_lib.DEFAULT_INPUT_SIZE
 
 
-class UnknownOutputError(ValueError):
+class UnknownOutputError(errors.ExportError, ValueError):
   """An output kind that is not in OUTPUTS; the message lists the valid ones."""
 
 
@@ -64,7 +65,7 @@ def get_output(key: str) -> Output:
   return OUTPUTS[key]
 
 
-class InputSizeError(ValueError):
+class InputSizeError(errors.ExportError, ValueError):
   """An input size that is not three positive integers."""
 
 
@@ -120,3 +121,35 @@ class PublishedModel:
   def output_shape(self) -> Tuple[int, ...]:
     """The output without its batch axis."""
     return self.output.shape(self.variant, self.feature_map_size)
+
+
+class IdentityError(errors.ExportError, ValueError):
+  """A manifest's identity record that does not name a registered model."""
+
+
+# How each field of PublishedModel is written to a manifest's "identity" and read back. A new
+# field of the identity (say, precision) is one more entry here.
+_IDENTITY_CODECS: Dict[str, Tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "variant": (lambda variant: variant.name, variants_lib.get),
+    "output": (lambda output: output.key, get_output),
+    "input_size": (list, lambda values: tuple(int(v) for v in values)),
+}
+
+
+def identity(model: PublishedModel) -> Dict[str, Any]:
+  """The JSON-ready fields that make `model` what it is (variant, output, input size)."""
+  return {field: encode(getattr(model, field))
+          for field, (encode, _) in _IDENTITY_CODECS.items()}
+
+
+def from_identity(record: Dict[str, Any]) -> PublishedModel:
+  """The PublishedModel an `identity(...)` record describes.
+
+  Raises:
+    IdentityError: a field is missing or names nothing registered.
+  """
+  try:
+    return PublishedModel(**{field: decode(record[field])
+                             for field, (_, decode) in _IDENTITY_CODECS.items()})
+  except (KeyError, TypeError, ValueError) as error:
+    raise IdentityError(f"identity {record!r} names no registered model: {error}") from None

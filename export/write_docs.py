@@ -17,9 +17,10 @@ import sys
 from absl import app
 from absl import flags
 
-from export import docs
+from export import files
 from export import published_models
-from export import validate_docs
+from export.docs import tfhub
+from export.docs import validator
 from hub_models import variants
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the docs tree.",
@@ -27,7 +28,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the docs t
 _ASSET_BASE_URL = flags.DEFINE_string(
     "asset_base_url", None,
     "URL under which the archives are served as <variant>/<version>.tar.gz.", required=True)
-_PUBLISHER = flags.DEFINE_string("publisher", docs.DEFAULT_PUBLISHER, "tfhub.dev publisher id.")
+_PUBLISHER = flags.DEFINE_string("publisher", tfhub.DEFAULT_PUBLISHER, "tfhub.dev publisher id.")
 _VERSION = flags.DEFINE_integer("version", 1, "Model version (a positive integer).", lower_bound=1)
 _VARIANTS = flags.DEFINE_list("variants", None,
                               "Variants to document (default: the collection's).")
@@ -54,13 +55,13 @@ def main(argv):
 
   models = [published_models.PublishedModel(v, output, input_size)
             for v in selected for output in outputs]
-  written = docs.write_tree(_OUTPUT_DIR.value, models, _VERSION.value, _PUBLISHER.value,
-                            _ASSET_BASE_URL.value)
+  written = tfhub.write_tree(_OUTPUT_DIR.value, [(m, _VERSION.value) for m in models],
+                             _PUBLISHER.value, _ASSET_BASE_URL.value)
   if _WRITE_COLLECTION_MD.value:
-    docs.write_text_atomically(_WRITE_COLLECTION_MD.value, docs.repository_collection_md())
+    files.write_text_atomically(_WRITE_COLLECTION_MD.value, tfhub.repository_collection_md())
     written.append(_WRITE_COLLECTION_MD.value)
 
-  problems = validate_docs.validate_docs_root(os.path.join(_OUTPUT_DIR.value, docs.DOCS_DIR))
+  problems = validator.validate_docs_root(os.path.join(_OUTPUT_DIR.value, tfhub.DOCS_DIR))
   for problem in problems:
     print(problem, file=sys.stderr)
   if problems:

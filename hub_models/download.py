@@ -5,17 +5,27 @@ is keyed by URL, and each cached file has a `.sha256` sidecar with the digest co
 downloaded; every later use recomputes the digest and refuses a file that no longer matches.
 Downloads go to a `.part` file that is resumed with an HTTP Range request after an interruption and
 is renamed into place only once complete and verified, so a file that looks complete is complete.
+Concurrent fetches of one URL into one cache (threads, processes, hosts sharing the folder) take an
+exclusive flock on `<file>.lock`: one downloads, the others wait and then reuse its file.
+
+What a digest is checked against (`trust`): the registry's sha256 when its publisher states one;
+else the 8 hex digits that mmaction2 puts at the end of its file names (`..._20220930-241016b2.pth`,
+the start of the file's sha256); else nothing: the digest of the first download is recorded and
+every later use must match it (trust on first use), which the manifest states.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import os
+import re
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from absl import logging
 
@@ -26,6 +36,8 @@ _URL_SCHEMES = ('http', 'https', 'file')
 _CHUNK_BYTES = 64 * 1024
 # Errors from the connection itself (reset, timeout, garbled or truncated response): worth a retry.
 _TRANSIENT_ERRORS = (ConnectionError, TimeoutError, http.client.HTTPException)
+# mmaction2 names its checkpoints <config>_<date>-<first 8 hex digits of the sha256>.pth.
+_NAME_SHA256_PREFIX = re.compile(r"-([0-9a-f]{8})\.pth$")
 
 
 class DownloadError(RuntimeError):
@@ -48,6 +60,35 @@ def sha256_file(path: str) -> str:
     for chunk in iter(lambda: f.read(_CHUNK_BYTES), b''):
       digest.update(chunk)
   return digest.hexdigest()
+
+
+def name_sha256_prefix(url: str) -> Optional[str]:
+  """The sha256 prefix an mmaction2-style file name carries, or None."""
+  match = _NAME_SHA256_PREFIX.search(urllib.parse.urlparse(url).path)
+  return match.group(1) if match else None
+
+
+def trust(url: str, expected_sha256: Optional[str]) -> str:
+  """How `fetch(url, ..., expected_sha256)` establishes the file's digest, in words."""
+  if not is_url(url):
+    return "local file, not checked against a published digest"
+  if expected_sha256:
+    return "sha256 published with the registry entry"
+  if name_sha256_prefix(url):
+    return "sha256 prefix in the published file name"
+  return "trust on first use: no published digest; the first download's sha256 is recorded"
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+  """Holds an exclusive flock on `path` (created if missing; never deleted, so that every
+  process locks the same file)."""
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)
 
 
 def cache_path(url: str, cache_dir: str) -> str:
@@ -112,10 +153,18 @@ def fetch(url: str,
     expected_sha256 = expected_sha256.strip().lower()
   os.makedirs(cache_dir, exist_ok=True)
   path = cache_path(url, cache_dir)
-  if os.path.exists(path):
-    _verify_cached(path, expected_sha256)
-    return path
+  with _exclusive(path + '.lock'):
+    if os.path.exists(path):
+      _verify_cached(path, expected_sha256, name_sha256_prefix(url))
+      return path
+    _download(url, path, expected_sha256, progress, retries, backoff_s, timeout_s)
+  return path
 
+
+def _download(url: str, path: str, expected_sha256: Optional[str],
+              progress: Optional[ProgressFn], retries: int, backoff_s: float,
+              timeout_s: float) -> None:
+  """Downloads `url` to `path` via `path.part` (the caller holds the lock), then verifies it."""
   part = path + '.part'
   report = progress if progress is not None else _LogProgress(url)
   for attempt in range(retries + 1):
@@ -136,14 +185,19 @@ def fetch(url: str,
     os.remove(part)
     raise DownloadError(f'{url} downloaded with sha256 {digest} but {expected_sha256} was '
                         'expected; the download was deleted')
+  prefix = name_sha256_prefix(url)
+  if prefix is not None and not digest.startswith(prefix):
+    os.remove(part)
+    raise DownloadError(f'{url} downloaded with sha256 {digest}, which does not start with the '
+                        f'{prefix} its file name states; the download was deleted')
   # The sidecar goes first: a crash between the two renames then leaves no final file without its
   # digest, only a stale sidecar that the next download overwrites.
   _write_atomically(path + '.sha256', digest + '\n')
   os.replace(part, path)
-  return path
 
 
-def _verify_cached(path: str, expected_sha256: Optional[str]) -> None:
+def _verify_cached(path: str, expected_sha256: Optional[str],
+                   expected_prefix: Optional[str] = None) -> None:
   """Raises DownloadError unless `path` still has its recorded digest (and the expected one)."""
   sidecar = path + '.sha256'
   try:
@@ -157,6 +211,9 @@ def _verify_cached(path: str, expected_sha256: Optional[str]) -> None:
     if wanted is not None and actual != wanted:
       raise DownloadError(f'cached file {path} is corrupt or was replaced: its sha256 is {actual} '
                           f'but {wanted} was {source}; delete it to download it again')
+  if expected_prefix is not None and not actual.startswith(expected_prefix):
+    raise DownloadError(f'cached file {path} has sha256 {actual}, which does not start with the '
+                        f'{expected_prefix} its file name states; delete it to download it again')
 
 
 def _download_once(url: str, part: str, progress: ProgressFn, timeout_s: float) -> None:

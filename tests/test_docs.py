@@ -10,9 +10,10 @@ import tarfile
 
 import pytest
 
-from export import docs
+from export import files
+from export.docs import tfhub as docs
 from export import published_models
-from export import validate_docs
+from export.docs import validator as validate_docs
 from hub_models import variants
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,10 +24,15 @@ REGENERATE = ("python -m export.write_docs --output_dir=/tmp/video_swin_docs "
               f"--asset_base_url={ASSET_BASE_URL} --write_collection_md=collection.md")
 
 
+def _write_text(path, text):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  files.write_text_atomically(path, text)
+
+
 def _write(tmp_path, names, version=1):
   """Writes the docs of `names` under tmp_path; returns the docs root and the written paths."""
   models = [published_models.PublishedModel(variants.get(n)) for n in names]
-  paths = docs.write_tree(str(tmp_path), models, version, PUBLISHER, ASSET_BASE_URL)
+  paths = docs.write_tree(str(tmp_path), [(m, version) for m in models], PUBLISHER, ASSET_BASE_URL)
   return os.path.join(str(tmp_path), docs.DOCS_DIR), paths
 
 
@@ -163,7 +169,7 @@ def test_feature_map_doc_at_another_input_size():
 def test_tree_of_every_output_is_valid(tmp_path):
   models = [published_models.PublishedModel(variants.get(TINY), output, (16, 160, 160))
             for output in published_models.OUTPUTS.values()]
-  paths = docs.write_tree(str(tmp_path), models, 1, PUBLISHER, ASSET_BASE_URL)
+  paths = docs.write_tree(str(tmp_path), [(m, 1) for m in models], PUBLISHER, ASSET_BASE_URL)
   assert validate_docs.validate_docs_root(os.path.join(str(tmp_path), docs.DOCS_DIR)) == []
   collection = open(paths[-1], encoding="utf-8").read()
   for model in models:
@@ -235,7 +241,7 @@ def test_validator_catches_collection_linking_a_model_without_doc(tmp_path):
 def test_validator_requires_a_model_link_and_task_in_collection(tmp_path):
   docs_root, _ = _write(tmp_path, [TINY])
   collection = docs.collection_doc_path(docs_root, PUBLISHER, docs.COLLECTION_NAME)
-  docs.write_text_atomically(collection, "\n".join([
+  _write_text(collection, "\n".join([
       f"# Collection {PUBLISHER}/{docs.COLLECTION_NAME}/1", "No models here.", "",
       "## Overview", "", "Nothing.", ""]))
   problems = validate_docs.validate_docs_root(docs_root)
@@ -246,7 +252,7 @@ def test_validator_requires_a_model_link_and_task_in_collection(tmp_path):
 def test_validator_accepts_relative_model_links(tmp_path):
   docs_root, _ = _write(tmp_path, [TINY])
   collection = docs.collection_doc_path(docs_root, PUBLISHER, docs.COLLECTION_NAME)
-  docs.write_text_atomically(collection, "\n".join([
+  _write_text(collection, "\n".join([
       f"# Collection {PUBLISHER}/{docs.COLLECTION_NAME}/1", "One model.", "",
       "<!-- task: video-feature-extraction -->", "", "## Models", "",
       f"- [tiny](../../models/{TINY}/1.md)", f"- [gone](../../models/{TINY}/2.md)", ""]))
@@ -264,7 +270,7 @@ def test_validator_catches_missing_publisher_page(tmp_path):
 def test_validator_catches_misplaced_files(tmp_path):
   docs_root, _ = _write(tmp_path, [TINY])
   stray = os.path.join(docs_root, PUBLISHER, "models", "loose.md")
-  docs.write_text_atomically(stray, _model_doc(TINY))
+  _write_text(stray, _model_doc(TINY))
   problems = validate_docs.validate_docs_root(docs_root)
   assert problems == [f"{stray}:0: not a place for a tfhub.dev doc (expected <publisher>/"
                       "<publisher>.md, <publisher>/models/<name>/<version>.md or "

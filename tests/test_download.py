@@ -91,6 +91,12 @@ def _fetch(url, cache_dir, **kwargs):
   return download.fetch(url, str(cache_dir), **kwargs)
 
 
+def _files(folder) -> list:
+  """The cache's files, without the per-URL lock files (kept so that every process locks one
+  file)."""
+  return [name for name in os.listdir(folder) if not name.endswith('.lock')]
+
+
 def test_first_download_writes_file_and_sidecar(server, tmp_path):
   url = _url(server)
   path = _fetch(url, tmp_path)
@@ -99,7 +105,7 @@ def test_first_download_writes_file_and_sidecar(server, tmp_path):
   assert os.path.basename(path) == f'{key}-model.pth'
   assert _read(path) == _DATA
   assert _read(path + '.sha256').decode().strip() == _DATA_SHA256
-  assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), f'{key}-model.pth.sha256'])
+  assert sorted(_files(tmp_path)) == sorted([os.path.basename(path), f'{key}-model.pth.sha256'])
   assert server.behaviour.ranges == [None]
 
 
@@ -141,7 +147,7 @@ def test_expected_sha256_mismatch_leaves_nothing(server, tmp_path):
   with pytest.raises(download.DownloadError, match=re.escape(url)) as info:
     _fetch(url, tmp_path, expected_sha256='ab' * 32)
   assert _DATA_SHA256 in str(info.value)
-  assert os.listdir(tmp_path) == []
+  assert _files(tmp_path) == []
 
 
 def test_expected_sha256_match(server, tmp_path):
@@ -155,7 +161,7 @@ def test_interrupted_download_is_resumed_with_range(server, tmp_path):
   server.behaviour.cut_after = 100_000
   with pytest.raises(download.DownloadError, match='100000 of 300000'):
     _fetch(url, tmp_path, retries=0)
-  assert os.listdir(tmp_path) == [os.path.basename(path) + '.part']
+  assert _files(tmp_path) == [os.path.basename(path) + '.part']
   assert _read(path + '.part') == _DATA[:100_000]
 
   assert _read(_fetch(url, tmp_path, retries=0)) == _DATA
@@ -213,7 +219,7 @@ def test_not_found_raises_at_once(server, tmp_path):
     _fetch(url, tmp_path)
   assert url in str(info.value)
   assert len(server.behaviour.ranges) == 1
-  assert os.listdir(tmp_path) == []
+  assert _files(tmp_path) == []
 
 
 def test_local_path_is_returned_unchanged(tmp_path):

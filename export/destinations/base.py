@@ -101,6 +101,14 @@ class Transaction(abc.ABC):
 
 
 @dataclasses.dataclass(frozen=True)
+class DestinationOptions:
+  """Settings every destination accepts (each uses those that apply to it)."""
+  # Where no lock can prove a publisher gone (object stores), its claim and staging count as
+  # abandoned only when older than this.
+  stale_after_s: float = 24 * 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
 class DocsOptions:
   """What the doc writers need beyond the manifests."""
   publisher: str  # tfhub.dev publisher id

@@ -1,41 +1,49 @@
-"""Kaggle Models as a publishing destination: `kaggle://OWNER/MODEL`.
+"""Kaggle Models as a publishing destination: `--output_dir=kaggle://OWNER/MODEL[?public=true]`.
 
 Where tfhub.dev handles resolve since 2023. One Kaggle model (e.g. `video-swin-transformer`)
 holds the collection; each published model (variant x output x input size) is one of its
-variations, which Kaggle's API calls instances, with framework TensorFlow2; each version holds
-the SavedModel's files. Users load a version with
+variations, which Kaggle's API calls instances, with framework TensorFlow2, named as the published
+model is; each version holds the SavedModel's files and `manifest.json`. Users load a version with
 `hub.KerasLayer("https://www.kaggle.com/models/OWNER/MODEL/tensorFlow2/VARIATION/VERSION")` (public
 models: tensorflow_hub asks for `?tf-hub-format=compressed` and sends no credentials) or with
 `kagglehub.model_download("OWNER/MODEL/tensorFlow2/VARIATION/VERSION")` (also private ones).
 
-Everything goes through kagglesdk's API client (kagglehub's own `model_upload` sets no model
-card, applies the license only when it creates a variation and prints requests in kagglesdk's
-TEST environment):
+Everything goes through kagglesdk's API client (kagglehub's `model_upload` sets no model card,
+applies the license only when it creates a variation and, in kagglesdk's TEST environment, prints
+every request with its Authorization header):
 
-1. The credentials are read the way kagglehub reads them (a token in KAGGLE_API_TOKEN or
+1. Credentials are read the way kagglehub reads them (a token in KAGGLE_API_TOKEN or
    `~/.kaggle/access_token`, preferred; else KAGGLE_USERNAME/KAGGLE_KEY; else
-   `~/.kaggle/kaggle.json`, or `KAGGLE_CONFIG_DIR/kaggle.json`) and tried with one call before any
-   work. They are never printed, logged or written anywhere.
+   `~/.kaggle/kaggle.json`, or `KAGGLE_CONFIG_DIR/kaggle.json`) when the destination is opened,
+   and tried with one call in `check`, before any work. They are never printed, logged or
+   written.
 2. Kaggle numbers versions itself: 1 when a variation is created, then one more per new version.
    A version is published only when it is the number Kaggle will assign next; anything else is
-   refused before anything is uploaded, so no Kaggle version ever gets a number other than ours
-   and an existing version is never published twice.
-3. Every file is uploaded first (resumable uploads; an interrupted one is resumed from what the
-   server received, with retries and backoff). The version is created only after all files are
-   up, in one call, so a failed upload leaves no version behind.
-4. The model's fields (title, subtitle, the model card as description, privacy) and the
-   variation's (overview, usage, license, fine-tunable, training data) are sent on creation and
-   brought up to date on every later publish.
+   refused before anything is uploaded, so no Kaggle version gets a number other than ours and an
+   existing version is never published twice (nor replaced: Kaggle versions are immutable).
+3. Every file is uploaded first (resumable uploads: an interrupted one resumes from what the
+   server holds, with retries and backoff). The version is created only after all files are up,
+   in one call, so a failed upload leaves no version; uploads that no version references are never
+   visible.
+4. The model (title, subtitle, the model card as description, privacy: private unless
+   `?public=true`) and the variation (overview, usage, license, fine-tunable, training data) get
+   every field in the call that creates them; `write_docs` brings them up to date afterwards.
+
+Kaggle offers no lock: two publishers of the same new version can both pass the checks; the
+second then gets another number from Kaggle, which is detected and reported (the version exists
+with that number; nothing is deleted).
 
 `KAGGLE_API_ENVIRONMENT=TEST` sends every call to http://localhost:7777 (kagglesdk's test
 environment; the tests run a fake server there).
 """
 
-import dataclasses
+import json
 import os
+import shutil
+import tempfile
 import time
 import urllib.parse
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from google.protobuf import field_mask_pb2
 import requests
@@ -47,38 +55,21 @@ from kagglesdk.datasets.types import dataset_api_service
 from kagglesdk.models.types import model_api_service as api
 from kagglesdk.models.types import model_enums
 
+from export import published_models
+from export.destinations import base
+from export.docs import kaggle as kaggle_docs
+
 SCHEME = "kaggle://"
 FRAMEWORK = "tensorFlow2"
+MANIFEST_NAME = "manifest.json"
 _FRAMEWORK_ENUM = model_enums.ModelFramework.MODEL_FRAMEWORK_TENSOR_FLOW_2
 _WEB = "https://www.kaggle.com"
 _USER_AGENT = "video-swin-hub-export"
 _UPLOAD_TIMEOUT_S = 600
 
 
-class KaggleError(RuntimeError):
+class KaggleError(base.PublishError):
   """Publishing to Kaggle failed or was refused; the message is one line saying why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelCard:
-  """The Kaggle model's own fields (one model holds the whole collection)."""
-  title: str
-  subtitle: str
-  description: str  # markdown: the model card
-
-
-@dataclasses.dataclass(frozen=True)
-class VariationCard:
-  """The fields of one variation (Kaggle's instance)."""
-  overview: str  # markdown
-  usage: str  # markdown
-  license_name: str  # Kaggle's license name, e.g. "Apache 2.0"
-  fine_tunable: bool
-  training_data: Tuple[str, ...]  # one entry per training dataset
-
-
-def is_kaggle(path: str) -> bool:
-  return path.startswith(SCHEME)
 
 
 def parse_url(url: str) -> Tuple[str, str, Optional[bool]]:
@@ -92,40 +83,36 @@ def parse_url(url: str) -> Tuple[str, str, Optional[bool]]:
   if parsed.scheme != SCHEME[:-3] or not parsed.netloc or len(parts) != 1:
     raise KaggleError(f"{url!r} is not kaggle://OWNER/MODEL")
   query = urllib.parse.parse_qs(parsed.query)
-  unknown = set(query) - {"public"}
+  unknown = sorted(set(query) - {"public"})
   if unknown:
-    raise KaggleError(f"{url!r}: unknown parameter {sorted(unknown)[0]!r} (only public=)")
+    raise KaggleError(f"{url!r}: unknown parameter {unknown[0]!r} (only public=true|false)")
   public = query.get("public", [None])[-1]
   if public not in (None, "true", "false"):
     raise KaggleError(f"{url!r}: public must be true or false, not {public!r}")
   return parsed.netloc, parts[0], None if public is None else public == "false"
 
 
-def handle(owner: str, model: str, variation: str, version: Optional[int] = None) -> str:
-  """The Kaggle handle OWNER/MODEL/tensorFlow2/VARIATION[/VERSION], as kagglehub takes it."""
-  base = f"{owner}/{model}/{FRAMEWORK}/{variation}"
-  return base if version is None else f"{base}/{version}"
+def kagglehub_handle(owner: str, model: str, variation: str,
+                     version: Optional[int] = None) -> str:
+  """OWNER/MODEL/tensorFlow2/VARIATION[/VERSION], as kagglehub.model_download takes it."""
+  base_handle = f"{owner}/{model}/{FRAMEWORK}/{variation}"
+  return base_handle if version is None else f"{base_handle}/{version}"
 
 
 def web_url(owner: str, model: str, variation: Optional[str] = None,
             version: Optional[int] = None) -> str:
-  """The kaggle.com page of the model, a variation or a version; hub.KerasLayer takes the
+  """The kaggle.com page of the model, a variation or a version; hub.KerasLayer takes a
   version's URL as its handle."""
   if variation is None:
     return f"{_WEB}/models/{owner}/{model}"
-  return f"{_WEB}/models/{handle(owner, model, variation, version)}"
-
-
-def variation_slug(name: str) -> str:
-  """Kaggle's slug for a published model name (slugs use hyphens, not underscores)."""
-  return name.replace("_", "-")
+  return f"{_WEB}/models/{kagglehub_handle(owner, model, variation, version)}"
 
 
 def _client() -> kaggle_client.KaggleClient:
   """A kagglesdk client with the user's credentials, never verbose (verbose prints headers)."""
   try:
     credentials = kagglehub_config.get_kaggle_credentials()
-  except ValueError as error:  # a malformed kaggle.json
+  except ValueError as error:  # a malformed kaggle.json; the message names the file only
     raise KaggleError(f"Kaggle credentials unreadable: {error}") from None
   if credentials is None:
     raise KaggleError(
@@ -140,8 +127,18 @@ def _status(error: requests.HTTPError) -> Optional[int]:
   return error.response.status_code if error.response is not None else None
 
 
+def _local_files(folder: str) -> List[str]:
+  """Relative POSIX paths of the files below `folder`, sorted."""
+  found = []
+  for root, _, files in os.walk(folder):
+    for name in files:
+      found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
+  return sorted(found)
+
+
 def _directory_tree(tokens: Dict[str, str]) -> dataset_api_service.ApiUploadDirectoryInfo:
-  """The upload tree of `tokens` ({relative POSIX path: upload token}) as the API takes it."""
+  """The upload tree of `tokens` ({relative POSIX path: upload token}) as the API takes it: the
+  root's files and directories, each directory with its own."""
   root = dataset_api_service.ApiUploadDirectoryInfo()
   for path, token in sorted(tokens.items()):
     *folders, _ = path.split("/")
@@ -159,17 +156,8 @@ def _directory_tree(tokens: Dict[str, str]) -> dataset_api_service.ApiUploadDire
   return root
 
 
-def _local_files(folder: str) -> List[str]:
-  """Relative POSIX paths of the files below `folder`, sorted."""
-  found = []
-  for root, _, files in os.walk(folder):
-    for name in files:
-      found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
-  return sorted(found)
-
-
 class KaggleModel:
-  """One Kaggle model and its variations, through kagglesdk's API.
+  """One Kaggle model and its TensorFlow2 variations, through kagglesdk's API.
 
   Args:
     owner, model: the model's owner (user or organisation) and slug.
@@ -177,6 +165,9 @@ class KaggleModel:
     attempts: tries per file upload; an interrupted upload resumes where the server stopped.
     backoff_s: wait before the second try; doubles after each failed try.
     sleep: how to wait (tests pass a no-op).
+
+  Raises:
+    KaggleError: no readable credentials.
   """
 
   def __init__(self, owner: str, model: str, is_private: Optional[bool] = None,
@@ -185,7 +176,6 @@ class KaggleModel:
     self.owner, self.model, self.is_private = owner, model, is_private
     self.attempts, self.backoff_s, self.sleep = attempts, backoff_s, sleep
     self._api = _client()
-    self._exists: Optional[bool] = None
 
   @property
   def _models(self):
@@ -216,13 +206,13 @@ class KaggleModel:
 
   # -- reading --
 
-  def check_access(self) -> None:
-    """Tries the credentials with one read of the model (a missing model is fine); raises
-    KaggleError if they are refused or the server cannot be reached."""
+  def get(self) -> Optional[api.ApiModel]:
+    """The model with its variations, or None if it does not exist. The first call of a run:
+    refused credentials end here."""
     request = api.ApiGetModelRequest()
     request.owner_slug, request.model_slug = self.owner, self.model
-    self._exists = self._call(f"reading Kaggle model {self.owner}/{self.model}",
-                              self._models.get_model, request, missing_ok=True) is not None
+    return self._call(f"reading Kaggle model {self.owner}/{self.model}", self._models.get_model,
+                      request, missing_ok=True)
 
   def latest_version(self, variation: str) -> int:
     """The newest version number of `variation`, 0 if it does not exist."""
@@ -233,69 +223,79 @@ class KaggleModel:
                           request, missing_ok=True)
     return instance.version_number if instance is not None else 0
 
-  def check_next_version(self, variation: str, version: int) -> int:
-    """Raises KaggleError unless `version` is the one Kaggle will assign next; returns the
-    latest existing version (0: none)."""
+  def check_next_version(self, variation: str, version: int) -> None:
+    """Raises unless `version` is the number Kaggle will give the next version of `variation`.
+
+    Raises:
+      AlreadyPublishedError: the version exists (Kaggle versions are immutable).
+      KaggleError: Kaggle would number it differently.
+    """
     latest = self.latest_version(variation)
     where = web_url(self.owner, self.model, variation)
     if version <= latest:
-      raise KaggleError(
-          f"{where} version {version} already exists (latest is {latest}): Kaggle versions "
-          "are immutable")
+      raise base.AlreadyPublishedError(
+          f"{where}/{version} already exists (latest is {latest}): Kaggle versions are "
+          "immutable and cannot be replaced")
     if version != latest + 1:
+      state = f"its latest is {latest}" if latest else "the variation does not exist yet"
       raise KaggleError(
           f"{where} cannot get version {version}: Kaggle numbers versions itself and would make "
-          f"this version {latest + 1}" + (f" (latest is {latest})" if latest else
-                                           " (the variation does not exist yet)"))
-    return latest
+          f"it version {latest + 1} ({state})")
+
+  def file(self, variation: str, version: int, path: str) -> bytes:
+    """One file of a version."""
+    request = api.ApiDownloadModelInstanceVersionRequest()
+    request.owner_slug, request.model_slug = self.owner, self.model
+    request.framework, request.instance_slug = _FRAMEWORK_ENUM, variation
+    request.version_number, request.path = version, path
+    response = self._call(f"reading {path} of {variation}/{version}",
+                          self._models.download_model_instance_version, request)
+    return response.content
 
   # -- writing --
 
-  def put_model(self, card: ModelCard) -> None:
-    """Creates the model with `card`, or brings an existing model's fields up to date."""
-    if self._exists is None:
-      self.check_access()
-    if not self._exists:
-      request = api.ApiCreateModelRequest()
-      request.owner_slug, request.slug = self.owner, self.model
-      request.title, request.subtitle = card.title, card.subtitle
-      request.description = card.description
-      request.is_private = True if self.is_private is None else self.is_private
-      self._call(f"creating Kaggle model {self.owner}/{self.model}",
-                 self._models.create_model, request)
-      self._exists = True
-      return
+  def create(self, card: kaggle_docs.ModelCard) -> None:
+    """Creates the model with every field of `card` (private unless is_private is False)."""
+    request = api.ApiCreateModelRequest()
+    request.owner_slug, request.slug = self.owner, self.model
+    request.title, request.subtitle, request.description = (card.title, card.subtitle,
+                                                            card.description)
+    request.is_private = self.is_private is not False
+    self._call(f"creating Kaggle model {self.owner}/{self.model}", self._models.create_model,
+               request)
+
+  def update(self, card: kaggle_docs.ModelCard) -> None:
+    """Sets the model's title, subtitle and card, and its privacy if one was asked for."""
     request = api.ApiUpdateModelRequest()
     request.owner_slug, request.model_slug = self.owner, self.model
-    request.title, request.subtitle = card.title, card.subtitle
-    request.description = card.description
+    request.title, request.subtitle, request.description = (card.title, card.subtitle,
+                                                            card.description)
     paths = ["title", "subtitle", "description"]
     if self.is_private is not None:
       request.is_private = self.is_private
       paths.append("is_private")
     request.update_mask = field_mask_pb2.FieldMask(paths=paths)
-    self._call(f"updating Kaggle model {self.owner}/{self.model}",
-               self._models.update_model, request)
+    self._call(f"updating Kaggle model {self.owner}/{self.model}", self._models.update_model,
+               request)
 
-  def upload_folder(self, folder: str) -> Dict[str, str]:
-    """Uploads every file below `folder`; returns {relative path: upload token}."""
-    return {path: self._upload_file(os.path.join(folder, *path.split("/")), path)
-            for path in _local_files(folder)}
+  def upload(self, files: Dict[str, str]) -> Dict[str, str]:
+    """Uploads {relative POSIX path: local file}; returns {relative path: upload token}."""
+    return {path: self._upload_file(local, path) for path, local in sorted(files.items())}
 
-  def _upload_file(self, path: str, name: str) -> str:
+  def _upload_file(self, local: str, name: str) -> str:
     """Uploads one file (StartBlobUpload, then resumable PUTs); returns its token."""
-    size = os.path.getsize(path)
+    size = os.path.getsize(local)
     request = blob_api_service.ApiStartBlobUploadRequest()
     request.type = blob_api_service.ApiBlobType.MODEL
-    request.name = os.path.basename(path)
+    request.name = name.rsplit("/", 1)[-1]
     request.content_length = size
-    request.last_modified_epoch_seconds = int(os.path.getmtime(path))
+    request.last_modified_epoch_seconds = int(os.path.getmtime(local))
     started = self._call(f"starting the upload of {name}",
                          self._api.blobs.blob_api_client.start_blob_upload, request)
-    received, delay, last_problem = 0, self.backoff_s, ""
+    received, delay, problem = 0, self.backoff_s, ""
     for attempt in range(1, self.attempts + 1):
       try:
-        with open(path, "rb") as f:
+        with open(local, "rb") as f:
           f.seek(received)
           headers = {"Content-Type": "application/octet-stream"}
           if size:
@@ -305,25 +305,24 @@ class KaggleModel:
         if response.status_code in (200, 201):
           return started.token
         if response.status_code < 500 and response.status_code not in (308, 429):
-          raise KaggleError(f"upload of {name} refused: HTTP {response.status_code}")
-        last_problem = f"HTTP {response.status_code}"
+          raise KaggleError(f"upload of {name} refused: HTTP {response.status_code}; no version "
+                            "was created")
+        problem = f"HTTP {response.status_code}"
       except requests.RequestException as error:
-        last_problem = type(error).__name__
-      if attempt == self.attempts:
-        break
-      self.sleep(delay)
-      delay *= 2
-      received = self._received(started.create_url, size)
-    raise KaggleError(f"upload of {name} failed after {self.attempts} attempts "
-                      f"({last_problem}); no version was created")
+        problem = type(error).__name__
+      if attempt < self.attempts:
+        self.sleep(delay)
+        delay *= 2
+        received = self._received(started.create_url, size)
+    raise KaggleError(f"upload of {name} failed after {self.attempts} attempts ({problem}); no "
+                      "version was created")
 
   @staticmethod
   def _received(upload_url: str, size: int) -> int:
     """How many bytes of a resumable upload the server holds (0 if it cannot say)."""
     try:
-      response = requests.put(upload_url, headers={"Content-Range": f"bytes */{size}",
-                                                   "Content-Length": "0"},
-                              timeout=_UPLOAD_TIMEOUT_S)
+      response = requests.put(upload_url, headers={"Content-Range": f"bytes */{size}"},
+                              data=b"", timeout=_UPLOAD_TIMEOUT_S)
     except requests.RequestException:
       return 0
     if response.status_code in (200, 201):
@@ -333,12 +332,14 @@ class KaggleModel:
     return 0
 
   def create_version(self, variation: str, version: int, tokens: Dict[str, str],
-                     card: VariationCard, notes: str) -> str:
-    """Creates `version` of `variation` from uploaded files (the variation itself when
-    `version` is 1) and sets the variation's fields; returns the version's kaggle.com URL.
+                     card: kaggle_docs.VariationCard, notes: str) -> None:
+    """Creates `version` of `variation` from uploaded files: version 1 creates the variation
+    with every field of `card`; later versions are added with `notes` and the variation's fields
+    are then set from `card`.
 
-    Raises KaggleError if Kaggle would number it differently (checked again, now that the files
-    are up) or assigned it another number (a concurrent publisher).
+    Raises:
+      KaggleError: Kaggle would number it differently (checked again, now that the files are
+        up), refused it, or numbered it differently (a concurrent publisher).
     """
     self.check_next_version(variation, version)
     tree = _directory_tree(tokens)
@@ -362,14 +363,14 @@ class KaggleModel:
       body.files, body.directories = tree.files, tree.directories
       request.body = body
       self._call(f"creating {where}", self._models.create_model_instance_version, request)
-      self._update_variation(variation, card)
+      self.update_variation(variation, card)
     assigned = self.latest_version(variation)
     if assigned != version:
       raise KaggleError(f"Kaggle numbered the new version of {variation} {assigned}, not "
                         f"{version}: another publisher added a version at the same time")
-    return where
 
-  def _update_variation(self, variation: str, card: VariationCard) -> None:
+  def update_variation(self, variation: str, card: kaggle_docs.VariationCard) -> None:
+    """Sets every field of `card` on an existing variation."""
     request = api.ApiUpdateModelInstanceRequest()
     request.owner_slug, request.model_slug = self.owner, self.model
     request.framework, request.instance_slug = _FRAMEWORK_ENUM, variation
@@ -381,17 +382,104 @@ class KaggleModel:
     self._call(f"updating variation {variation}", self._models.update_model_instance, request)
 
 
-def upload_version(model: KaggleModel, variation: str, version: int, savedmodel_dir: str,
-                   card: VariationCard, notes: str = "") -> str:
-  """Publishes `savedmodel_dir` as `version` of `variation`: refuses a number Kaggle would not
-  assign before anything is uploaded, uploads every file, then creates the version. Returns the
-  version's kaggle.com URL (its hub.KerasLayer handle)."""
-  model.check_next_version(variation, version)
-  tokens = model.upload_folder(savedmodel_dir)
-  return model.create_version(variation, version, tokens, card, notes)
+class KaggleTransaction(base.Transaction):
+  """One version on its way to Kaggle: built in a local `work_dir`, published by `commit`."""
+
+  def __init__(self, destination: "KaggleDestination", version: base.VersionId):
+    self._destination = destination
+    self._version = version
+    self.work_dir = tempfile.mkdtemp(prefix=f"kaggle-{version.name}-{version.version}-")
+
+  def commit(self, built: base.BuiltVersion) -> str:
+    destination, version = self._destination, self._version
+    entry = destination.entry(built.manifest)
+    kaggle = destination.kaggle
+    if kaggle.get() is None:
+      kaggle.create(kaggle_docs.model_card([entry], destination.model_url))
+    kaggle.check_next_version(version.name, version.version)
+    files = {path: os.path.join(built.savedmodel_dir, *path.split("/"))
+             for path in _local_files(built.savedmodel_dir)}
+    files[MANIFEST_NAME] = built.manifest_path
+    tokens = kaggle.upload(files)
+    notes = (f"{version}: archive sha256 {built.manifest.get('archive_sha256')}, checkpoint "
+             f"{built.manifest.get('checkpoint_source')}")
+    kaggle.create_version(version.name, version.version, tokens,
+                          kaggle_docs.variation_card(entry), notes)
+    return entry.url
+
+  def abort(self) -> None:
+    shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def published(model: KaggleModel, variations: Sequence[str]) -> Dict[str, int]:
-  """{variation: latest version} for the variations of `variations` that exist on Kaggle."""
-  latest = {variation: model.latest_version(variation) for variation in variations}
-  return {variation: number for variation, number in latest.items() if number}
+class KaggleDestination(base.Destination):
+  """Publishes versions as variations of one Kaggle model (see the module docstring)."""
+
+  def __init__(self, root: str, attempts: int = 5, backoff_s: float = 1.0,
+               sleep: Callable[[float], None] = time.sleep):
+    owner, model, is_private = parse_url(root)
+    self.root = root
+    self.kaggle = KaggleModel(owner, model, is_private, attempts, backoff_s, sleep)
+    self.model_url = web_url(owner, model)
+
+  def entry(self, manifest: base.Manifest) -> kaggle_docs.PublishedVersion:
+    """What the docs say about the version a manifest describes, with its Kaggle handles."""
+    name, version = manifest["model"], int(manifest["version"])
+    return kaggle_docs.PublishedVersion(
+        published_models.from_identity(manifest["identity"]), version,
+        web_url(self.kaggle.owner, self.kaggle.model, name, version),
+        kagglehub_handle(self.kaggle.owner, self.kaggle.model, name, version))
+
+  def check(self, versions, overwrite: bool) -> None:
+    del overwrite  # Kaggle versions cannot be replaced: an existing one is always refused.
+    self.kaggle.get()
+    for version in versions:
+      self.kaggle.check_next_version(version.name, version.version)
+
+  def begin(self, version: base.VersionId, overwrite: bool) -> KaggleTransaction:
+    del overwrite
+    self.kaggle.check_next_version(version.name, version.version)
+    return KaggleTransaction(self, version)
+
+  def published(self) -> List[base.Manifest]:
+    model = self.kaggle.get()
+    if model is None:
+      return []
+    manifests = []
+    for instance in model.instances:
+      if instance.framework != _FRAMEWORK_ENUM:
+        continue
+      for number in range(1, instance.version_number + 1):
+        manifests.append(json.loads(self.kaggle.file(instance.slug, number, MANIFEST_NAME)))
+    return sorted(manifests, key=lambda m: (m["model"], int(m["version"])))
+
+  def handle(self, version: base.VersionId) -> str:
+    return web_url(self.kaggle.owner, self.kaggle.model, version.name, version.version)
+
+  def write_docs(self, options: base.DocsOptions, progress: base.Progress) -> List[str]:
+    """Sets the model card from every published version and each variation's overview and
+    usage from its latest version; returns the kaggle.com pages it updated."""
+    del options  # Kaggle pages name Kaggle handles; there is no publisher id or archive URL.
+    entries = [self.entry(manifest) for manifest in self.published()]
+    if not entries:
+      return []
+    self.kaggle.update(kaggle_docs.model_card(entries, self.model_url))
+    written = [self.model_url]
+    latest = {entry.model.name: entry for entry in entries}  # sorted: the last is the newest
+    for name, entry in latest.items():
+      self.kaggle.update_variation(name, kaggle_docs.variation_card(entry))
+      written.append(web_url(self.kaggle.owner, self.kaggle.model, name))
+    for page in written:
+      progress(f"updated {page}")
+    return written
+
+  def remove_stale_staging(self, progress: base.Progress) -> List[str]:
+    """Nothing to remove: Kaggle has no staging area; uploaded files that no version references
+    are never visible."""
+    del progress
+    return []
+
+
+def from_url(output_dir: str, options=None) -> KaggleDestination:
+  """The destination for `kaggle://OWNER/MODEL[?public=true|false]` (the factory's entry point)."""
+  del options  # Kaggle takes no destination options; privacy is part of the URL.
+  return KaggleDestination(output_dir)

@@ -8,10 +8,10 @@ exported.
 
 import os
 import re
-import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 import urllib.parse
 
+from export import files
 from export import published_models
 from hub_models import variants as variants_lib
 
@@ -347,7 +347,7 @@ def collection_doc(models: Sequence[PublishedModel], publisher: str,
         "## Further registered models",
         "",
         "The registry also holds these variants, which are not part of the collection; "
-        "`python -m export.export_savedmodel --variant=NAME` exports them the same way.",
+        "`python -m export.export_all --variants=NAME` exports them the same way.",
         "",
         *_model_table(others, publisher=None),
         "",
@@ -413,33 +413,33 @@ def repository_collection_md() -> str:
                         DEFAULT_PUBLISHER, others=others)
 
 
-def write_text_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file, so readers never see a partial file."""
-  directory = os.path.dirname(path) or "."
-  os.makedirs(directory, exist_ok=True)
-  fd, temp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(temp_path, path)
-  except BaseException:
-    os.unlink(temp_path)
-    raise
+def versions_of(manifests: Sequence[Dict[str, object]]) -> List[Tuple[PublishedModel, int]]:
+  """(model, version) of each manifest whose identity names a registered model, in order."""
+  found = []
+  for manifest in manifests:
+    try:
+      found.append((published_models.from_identity(manifest["identity"]),
+                    int(manifest["version"])))
+    except (KeyError, TypeError, ValueError):
+      continue  # a manifest of another tool or of an unregistered variant: not documented
+  return found
 
 
-def write_tree(output_dir: str, models: Sequence[PublishedModel], version: int,
+def write_tree(output_dir: str, versions: Sequence[Tuple[PublishedModel, int]],
                publisher: str, asset_base_url: str,
                collection_name: str = COLLECTION_NAME) -> List[str]:
-  """Writes the publisher page, one model doc per model and the collection doc under
-  `output_dir/tfhub.dev/assets/docs` and returns the written paths."""
-  if not models:
+  """Writes the publisher page, one model doc per (model, version) and the collection doc (linking
+  each model once) under `output_dir/tfhub.dev/assets/docs`; returns the written paths."""
+  if not versions:
     raise ValueError("no models to document")
   docs_root = os.path.join(output_dir, DOCS_DIR)
+  models = list(dict.fromkeys(model for model, _ in versions))
   contents = [(publisher_doc_path(docs_root, publisher), publisher_doc(publisher))]
   contents += [(model_doc_path(docs_root, publisher, m.name, version),
-                model_doc(m, version, publisher, asset_base_url)) for m in models]
+                model_doc(m, version, publisher, asset_base_url)) for m, version in versions]
   contents.append((collection_doc_path(docs_root, publisher, collection_name),
                    collection_doc(models, publisher, collection_name)))
   for path, text in contents:
-    write_text_atomically(path, text)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.write_text_atomically(path, text)
   return [path for path, _ in contents]
