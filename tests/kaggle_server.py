@@ -30,6 +30,8 @@ import urllib.parse
 from typing import Dict, List, Optional, Tuple
 
 PORT = 7777
+# Answers file bytes rather than JSON, so the handler serves it itself.
+_DOWNLOAD_METHOD = "models.ModelApiService/DownloadModelInstanceVersion"
 _FRAMEWORK_PREFIX = "MODEL_FRAMEWORK_"
 
 
@@ -292,11 +294,19 @@ class KaggleState:
       if model is None or model.fields["isPrivate"]:
         return None
       instance = model.instances.get((framework_key(framework), variation))
-      version = next((v for v in instance.versions if v.number == number), None) if instance else None
+      versions = instance.versions if instance else []
+      version = next((v for v in versions if v.number == number), None)
       if version is None:
         return None
       buffer = io.BytesIO()
+      # Folders are members too: tensorflow_hub's extractor creates only the folders listed.
+      folders = sorted({"/".join(name.split("/")[:i]) for name in version.files
+                        for i in range(1, name.count("/") + 1)})
       with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name in folders:
+          info = tarfile.TarInfo(name)
+          info.type, info.mode = tarfile.DIRTYPE, 0o755
+          archive.addfile(info)
         for name, data in sorted(version.files.items()):
           info = tarfile.TarInfo(name)
           info.size = len(data)
@@ -361,7 +371,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self._json(401, {"code": 401, "message": "Unauthenticated"})
       return
     if match is None or (match.group(1) not in KaggleState.METHODS
-                         and match.group(1) != "models.ModelApiService/DownloadModelInstanceVersion"):
+                         and match.group(1) != _DOWNLOAD_METHOD):
       self._json(404, {"code": 404, "message": f"no method {self.path}"})
       return
     request = json.loads(body or b"{}")
