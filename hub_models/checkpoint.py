@@ -21,9 +21,9 @@ No file can make `load` hang or exhaust memory; it raises `CheckpointError` inst
   `Limits.max_pickle_ops` opcodes (2**21, about 2 s) of at least one byte each; none allocates
   more than an empty set (~230 bytes with its stack slot, the worst case measured) besides strings
   no longer than the pickle. Peak memory is therefore at most the arrays, one storage record's raw
-  bytes, ~10 bytes per zip directory byte and 256 bytes per pickle byte: `MEMORY_BYTES_PER_FILE_BYTE`
-  (260) x the file's size, plus 2 MiB. tools/fuzz_checkpoint.py checks that bound under
-  tracemalloc for every input it tries.
+  bytes, ~10 bytes per zip directory byte and 256 bytes per pickle byte:
+  `MEMORY_BYTES_PER_FILE_BYTE` (260) x the file's size, plus 2 MiB. tools/fuzz_checkpoint.py
+  checks that bound under tracemalloc for every input it tries.
 - Storages: each zip record a tensor uses must be stored uncompressed (torch never compresses) and
   hold exactly the bytes its persistent id declares, checked before it is read; the records together
   must fit in the file (no overlapping records); records no pickle references are refused. In the
@@ -32,8 +32,8 @@ No file can make `load` hang or exhaust memory; it raises `CheckpointError` inst
 - Structure: nesting depth, items per container, the objects a full walk of the result visits (so
   a list holding the previous level twice, 40 levels deep, is refused), tensors, storages,
   distinct globals and opcodes are limited (`Limits`); reference cycles are refused; dict and set
-  keys must be str, bytes, bool, None, int below 2**61 or tuples of these (no float or huge-int keys,
-  whose hashes an attacker can make collide). Each refusal names the limit it hit.
+  keys must be str, bytes, bool, None, int below 2**61 or tuples of these (no float or huge-int
+  keys, whose hashes an attacker can make collide). Each refusal names the limit it hit.
 - Messages quote objects through a bounded repr (`_brief`), which never builds the full repr.
 - A MemoryError is reported as running out of memory, not as a corrupt file.
 """
@@ -62,7 +62,7 @@ class Limits:
   max_storages: int = 1 << 18
   max_globals: int = 1 << 12  # distinct module.name pairs
   max_ndim: int = 64  # numpy's own limit
-  max_key_depth: int = 8  # tuples nested in a dict key
+  max_key_items: int = 1024  # in a dict key or set element, counted through nested tuples
 
 
 DEFAULT_LIMITS = Limits()
@@ -277,24 +277,31 @@ def _check_size(kind: str, count: int, limits: Limits) -> None:
                           f'(max_container_items)')
 
 
-def _check_key(key: Any, limits: Limits, depth: int = 0) -> None:
-  """Refuses dict keys and set elements whose hashes a file could make collide."""
-  kind = type(key)
-  if kind in _KEY_TYPES or kind is SkippedObject:
-    return
-  if kind is int:
-    if -_MAX_KEY_INT < key < _MAX_KEY_INT:
-      return
-    raise CheckpointError(f'a dict key or set element {_brief(key)} of magnitude 2**61 or more')
-  if kind is tuple:
-    if depth >= limits.max_key_depth:
-      raise CheckpointError(f'a dict key nested deeper than {limits.max_key_depth} tuples '
-                            f'(max_key_depth)')
-    for item in key:
-      _check_key(item, limits, depth + 1)
-    return
-  raise CheckpointError(f'a dict key or set element of type {kind.__name__} (only str, bytes, '
-                        f'bool, None, int and tuples of them are allowed)')
+def _check_key(key: Any, limits: Limits) -> None:
+  """Refuses dict keys and set elements whose hashes a file could make collide or costly.
+
+  Tuples are hashed element by element, each time: a tuple sharing one wide tuple over a few
+  levels would take exponential time, so the elements, counted through every level, are limited.
+  """
+  pending, visited = [key], 0
+  while pending:
+    item = pending.pop()
+    kind = type(item)
+    if kind in _KEY_TYPES or kind is SkippedObject:
+      continue
+    if kind is int:
+      if not -_MAX_KEY_INT < item < _MAX_KEY_INT:
+        raise CheckpointError(f'a dict key or set element {_brief(item)} of magnitude 2**61 or '
+                              f'more')
+      continue
+    if kind is not tuple:
+      raise CheckpointError(f'a dict key or set element of type {kind.__name__} (only str, '
+                            f'bytes, bool, None, int and tuples of them are allowed)')
+    visited += len(item)
+    if visited > limits.max_key_items:
+      raise CheckpointError(f'a dict key or set element of more than {limits.max_key_items} '
+                            f'items, counted through its nested tuples (max_key_items)')
+    pending.extend(item)
 
 
 class _BoundedFile:
@@ -369,7 +376,8 @@ class _SafeUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
 
   def load(self) -> Any:
     # pickle._Unpickler.load with each opcode counted and unknown opcodes named.
-    self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    self._unframer = pickle._Unframer(self._file_read, self._file_readline)
     self.read = self._unframer.read
     self.readinto = self._unframer.readinto
     self.readline = self._unframer.readline
@@ -429,8 +437,8 @@ class _SafeUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
         self._check_storage(ref)
       self.storages[key] = ref
     elif known != ref:
-      raise CheckpointError(f'storage {_brief(key)} is declared both as {known.numel} {known.dtype} '
-                            f'and as {numel} {ref.dtype} elements')
+      raise CheckpointError(f'storage {_brief(key)} is declared both as {known.numel} '
+                            f'{known.dtype} and as {numel} {ref.dtype} elements')
     return ref
 
   # Calls (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ) all go through `_call`.

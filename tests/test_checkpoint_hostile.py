@@ -2,8 +2,9 @@
 
 The bound is the one hub_models.checkpoint states (`MEMORY_BYTES_PER_FILE_BYTE` x the file's size
 + 2 MiB, measured with tracemalloc through tools.fuzz_checkpoint.measure); the time limit,
-`_SECONDS`, applies to an untraced load. Files are built from real `torch.save` output, edited, or pickled with a Pickler that
-writes the persistent ids torch writes, so each one differs from a legitimate file in one way.
+`_SECONDS`, applies to an untraced load. Files are built from real `torch.save` output, edited,
+or pickled with a Pickler that writes the persistent ids torch writes, so each one differs from a
+legitimate file in one way.
 """
 
 import io
@@ -283,7 +284,27 @@ def test_deep_tuple_as_a_dict_key_is_refused(tmp_path):
   depth = 50_000
   # EMPTY_TUPLE, then TUPLE1 `depth` times, then {key: None}.
   data_pkl = b'\x80\x02}(' + b')' + b'\x85' * depth + b'Nu.'
-  _refused(_archive(tmp_path / 'key.pth', data_pkl), 'max_key_depth')
+  _refused(_archive(tmp_path / 'key.pth', data_pkl), 'max_key_items')
+
+
+def test_key_sharing_one_wide_tuple_over_levels_is_refused(tmp_path):
+  # Level 0 is 100 zeros; each of 7 levels holds the one below 100 times (MARK, BINGET x 100,
+  # TUPLE, BINPUT): hashing the key would visit 100**8 elements. Built from opcodes, as Python
+  # would hash the key to build the dict.
+  data_pkl = b'\x80\x02}(' + b'K\x00' * 100 + b'tq\x00'
+  for level in range(1, 8):
+    # POP the level below (kept in the memo), then push 100 references to it.
+    data_pkl += b'0(' + (b'h' + bytes([level - 1])) * 100 + b'tq' + bytes([level])
+  data_pkl += b'K\x01s.'
+  assert len(data_pkl) < 2000
+  _refused(_archive(tmp_path / 'wide_key.pth', data_pkl), 'more than 1024 items', 'max_key_items')
+
+
+def test_small_tuple_keys_load(tmp_path):
+  value = {(1, 'a'): 1, ((2, 3), None, b'x'): 2, frozenset([(4, 5)]): 3}
+  path = tmp_path / 'keys.pth'
+  torch.save({k: v for k, v in value.items() if not isinstance(k, frozenset)}, path)
+  assert _bounded_load(path).result == {(1, 'a'): 1, ((2, 3), None, b'x'): 2}
 
 
 def test_list_over_a_million_items_is_refused(tmp_path):
@@ -341,7 +362,8 @@ def test_hash_flood_with_colliding_int_keys_is_refused_quickly(tmp_path):
 
 # Allocation before reading.
 
-@pytest.mark.parametrize('opcode', [b'\x8e', b'\x8d', b'\x96'])  # BINBYTES8, BINUNICODE8, BYTEARRAY8
+# BINBYTES8, BINUNICODE8, BYTEARRAY8
+@pytest.mark.parametrize('opcode', [b'\x8e', b'\x8d', b'\x96'])
 def test_declared_string_lengths_allocate_nothing_up_front(tmp_path, opcode):
   path = tmp_path / 'legacy_string.pth'
   path.write_bytes(b'\x80\x04' + opcode + struct.pack('<Q', 1 << 40) + b'abc')
