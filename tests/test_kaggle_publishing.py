@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 
+import kagglehub
+import keras
 import numpy as np
 import pytest
 import requests
@@ -19,7 +21,6 @@ import tensorflow_hub as hub
 import conftest
 import torch_reference
 from export import packaging
-from export import pipeline
 from export import published_models
 from export.destinations import base
 from export.destinations import kaggle
@@ -151,10 +152,22 @@ def test_first_publish_sets_every_field_in_the_creating_calls(kaggle_env, small_
   assert stored[0].files == expected
 
 
-def test_private_model_is_not_served_to_tensorflow_hub(kaggle_env, small_savedmodel, tmp_path):
+def test_private_model_loads_through_kagglehub_only(kaggle_env, small_savedmodel, tmp_path,
+                                                    monkeypatch):
   _publish_small(_destination(), small_savedmodel, tmp_path, 1)
   url = _served_url(SMALL_MODEL.name, 1) + "?tf-hub-format=compressed"
   assert requests.get(url, timeout=30).status_code == 404
+
+  # The usage text's Keras 3 snippet: kagglehub.model_download with credentials, then TFSMLayer.
+  monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+  path = kagglehub.model_download(
+      kaggle.kagglehub_handle(OWNER, MODEL, SMALL_MODEL.name, 1))
+  downloaded = _local_files(path)
+  assert {k: v for k, v in downloaded.items() if k != "manifest.json"} == _local_files(
+      small_savedmodel)
+  layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
+  assert layer(np.zeros([1, 3, *SMALL_SIZE], np.float32))["features"].shape == (1, 192)
+
   _destination(ROOT + "?public=true").write_docs(base.DocsOptions("unused"), lambda line: None)
   assert requests.get(url, timeout=30).status_code == 200
 
@@ -275,41 +288,7 @@ def test_malformed_urls_are_refused():
   assert kaggle.parse_url("kaggle://alice/m?public=true") == ("alice", "m", False)
 
 
-# -- a full publish of Swin-T through the pipeline, loaded back with hub.KerasLayer --
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-  path = tmp_path_factory.mktemp("ckpt") / f"{TINY.name}.pth"
-  reference = torch_reference.reference_model(TINY.architecture, TINY.num_classes, seed=9)
-  torch_reference.save_official(reference, path)
-  return reference, str(path)
-
-
-def test_swin_t_published_to_kaggle_loads_with_hub_and_matches_torchvision(
-    kaggle_env, tiny_checkpoint):
-  reference, checkpoint_path = tiny_checkpoint
-  model = published_models.PublishedModel(TINY, input_size=SMALL_SIZE)
-  destination = _destination(ROOT + "?public=true")
-  destination.check([base.VersionId(model.name, 1)], overwrite=False)
-  published = pipeline.publish(
-      model, pipeline.Checkpoint(checkpoint_path, checkpoint_path, "tests"), destination, 1,
-      progress=lambda stage: None)
-  assert published.handle == (f"https://www.kaggle.com/models/{OWNER}/{MODEL}/tensorFlow2/"
-                              f"{model.name}/1")
-  stored = kaggle_env.instance(OWNER, MODEL, model.name).versions[0].files
-  manifest = json.loads(stored["manifest.json"])
-  assert manifest["identity"] == published_models.identity(model)
-  assert {"saved_model.pb", "variables/variables.index"} <= set(stored)
-
-  video = np.random.RandomState(3).rand(2, 3, *SMALL_SIZE).astype(np.float32)
-  features = hub.KerasLayer(_served_url(model.name, 1))(video).numpy()
-  expected, _ = torch_reference.reference_outputs(reference, conftest.normalise(video))
-  assert features.shape == (2, 768)
-  assert conftest.relative_error(features, expected) < 1e-5
-
-
-# -- the CLI --
+# -- a full publish of Swin-T with export_all, loaded back with hub.KerasLayer --
 
 
 def _run_export_all(*args, env=None):
@@ -318,9 +297,38 @@ def _run_export_all(*args, env=None):
                         check=False)
 
 
+def test_swin_t_published_with_export_all_loads_with_hub_and_matches_torchvision(
+    kaggle_env, tmp_path):
+  reference = torch_reference.reference_model(TINY.architecture, TINY.num_classes, seed=9)
+  torch_reference.save_official(reference, tmp_path / f"{TINY.name}.pth")
+  result = _run_export_all(f"--output_dir={ROOT}?public=true", f"--variants={TINY.name}",
+                           f"--checkpoint_dir={tmp_path}", "--input_size=8,56,56")
+  assert result.returncode == 0, result.stderr[-3000:]
+  name = f"{TINY.name}_8x56x56"
+  assert f"updated https://www.kaggle.com/models/{OWNER}/{MODEL}\n" in result.stdout
+  assert KEY not in result.stdout + result.stderr
+
+  (version,) = kaggle_env.instance(OWNER, MODEL, name).versions
+  manifest = json.loads(version.files["manifest.json"])
+  assert manifest["identity"] == published_models.identity(
+      published_models.PublishedModel(TINY, input_size=SMALL_SIZE))
+  assert KEY not in json.dumps(manifest)
+  assert {"saved_model.pb", "variables/variables.index"} <= set(version.files)
+  card = kaggle_env.model(OWNER, MODEL).fields["description"]
+  handle = f"https://www.kaggle.com/models/{OWNER}/{MODEL}/tensorFlow2/{name}/1"
+  assert f"[1]({handle})" in card and "tfhub.dev" not in card
+
+  video = np.random.RandomState(3).rand(2, 3, *SMALL_SIZE).astype(np.float32)
+  features = hub.KerasLayer(_served_url(name, 1))(video).numpy()
+  expected, _ = torch_reference.reference_outputs(reference, conftest.normalise(video))
+  assert features.shape == (2, 768)
+  assert conftest.relative_error(features, expected) < 1e-5
+
+
 def test_cli_refusals_are_one_line_and_never_show_the_key(kaggle_env, tmp_path):
-  checkpoint_dir = tmp_path / "none"
+  checkpoint_dir = tmp_path / "checkpoints"
   checkpoint_dir.mkdir()
+  (checkpoint_dir / f"{TINY.name}.pth").write_bytes(b"")  # every refusal comes before reading it
   common = [f"--output_dir={ROOT}", f"--variants={TINY.name}", f"--checkpoint_dir={checkpoint_dir}"]
   wrong_version = _run_export_all(*common, "--version=2")
   env = dict(os.environ, KAGGLE_KEY="wrong-" + KEY)

@@ -7,7 +7,7 @@ models are published.
 """
 
 import dataclasses
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from export import published_models
 from export.docs import tfhub
@@ -31,6 +31,7 @@ CITATION = "\n".join([
     "}",
 ])
 _EXTRACTION_TOOL = "python -m extraction.extract_features"
+_HANDLE_PATTERN = "https://www.kaggle.com/models/OWNER/MODEL/tensorFlow2/VARIATION/VERSION"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +84,19 @@ def _input_lines(model: PublishedModel) -> List[str]:
   ]
 
 
-def model_card(versions: Sequence[PublishedVersion], model_url: str) -> ModelCard:
-  """The card of the Kaggle model listing `versions` (newest version of each variation)."""
+def _row(model: PublishedModel, version_link: str) -> str:
+  v = model.variant
+  return (f"| `{model.name}` | {tfhub.backbone_name(v.architecture)} | "
+          f"{tfhub._join(v.architecture.window_size)} | {v.pretrain_dataset.name} | "
+          f"{v.finetune_dataset.name} | {v.top1} | {v.top5} | {v.eval_views} | "
+          f"`{model.output.key}` `{tfhub._batch_shape(model.output_shape)}` | {version_link} |")
+
+
+def model_card(versions: Sequence[PublishedVersion], model_url: Optional[str] = None,
+               unpublished: Sequence[PublishedModel] = ()) -> ModelCard:
+  """The card of the Kaggle model: a row per variation of `versions` (linking its newest
+  version) and per model of `unpublished` (no link), then accuracy, input, loading, license,
+  references and citation. `model_url` is the model's kaggle.com page, when it has one."""
   latest = {}
   for entry in sorted(versions, key=lambda e: (e.model.name, e.version)):
     latest[entry.model.name] = entry
@@ -92,31 +104,24 @@ def model_card(versions: Sequence[PublishedVersion], model_url: str) -> ModelCar
       "| variation | backbone | window | pretrain | fine-tune | top-1 | top-5 | evaluation views "
       "| output | latest version |",
       "|---|---|---|---|---|---|---|---|---|---|",
+      *(_row(e.model, f"[{e.version}]({e.url})") for e in latest.values()),
+      *(_row(m, "not published") for m in unpublished if m.name not in latest),
   ]
-  for entry in latest.values():
-    m, v = entry.model, entry.model.variant
-    rows.append(
-        f"| `{m.name}` | {tfhub.backbone_name(v.architecture)} | "
-        f"{tfhub._join(v.architecture.window_size)} | {v.pretrain_dataset.name} | "
-        f"{v.finetune_dataset.name} | {v.top1} | {v.top5} | {v.eval_views} | "
-        f"`{m.output.key}` `{tfhub._batch_shape(m.output_shape)}` | "
-        f"[{entry.version}]({entry.url}) |")
-  models = [entry.model for entry in latest.values()]
+  models = [e.model for e in latest.values()] + [m for m in unpublished if m.name not in latest]
   input_shapes = " or ".join(dict.fromkeys(f"`{tfhub._batch_shape(m.input_shape)}`"
                                            for m in models))
   example = next(iter(latest.values()), None)
-  loading = []
-  if example is not None:
-    loading = [
-        "```python",
-        "import os",
-        "os.environ[\"TF_USE_LEGACY_KERAS\"] = \"1\"  # hub.KerasLayer is a tf_keras layer.",
-        "import tensorflow_hub as hub",
-        "",
-        f"layer = hub.KerasLayer(\"{example.url}\", trainable=True)",
-        "```",
-        "",
-    ]
+  url = example.url if example else _HANDLE_PATTERN
+  loading = [
+      "```python",
+      "import os",
+      "os.environ[\"TF_USE_LEGACY_KERAS\"] = \"1\"  # hub.KerasLayer is a tf_keras layer.",
+      "import tensorflow_hub as hub",
+      "",
+      f"layer = hub.KerasLayer(\"{url}\", trainable=True)",
+      "```",
+      "",
+  ]
   description = "\n".join([
       f"# {TITLE}",
       "",
@@ -166,7 +171,7 @@ def model_card(versions: Sequence[PublishedVersion], model_url: str) -> ModelCar
       f"1. {tfhub._PAPER_CITATION}",
       f"2. Official implementation and model zoo: {tfhub.OFFICIAL_REPO_URL}",
       "3. mmaction2 (Swin-L and Kinetics-710 weights): https://github.com/open-mmlab/mmaction2",
-      f"4. All variations: {model_url}",
+      *([f"4. All variations: {model_url}"] if model_url else []),
       "",
       "## Citation",
       "",
@@ -257,3 +262,11 @@ def variation_card(entry: PublishedVersion) -> VariationCard:
       d.url for d in (variant.pretrain_dataset, variant.finetune_dataset)))
   return VariationCard(overview=overview, usage=usage, license_name=variant.license.kaggle_name,
                        fine_tunable=True, training_data=training_data)
+
+
+def repository_model_card() -> str:
+  """The repository's collection.md: the model card over every registered model (the pooled-
+  feature model of each variant, unpublished: a publication's card links its versions)."""
+  registered = [PublishedModel(v) for v in variants_lib.collection()]
+  registered += [PublishedModel(v) for v in variants_lib.VARIANTS.values() if not v.in_collection]
+  return model_card([], unpublished=registered).description
