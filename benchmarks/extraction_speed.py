@@ -6,10 +6,17 @@ r"""Speed of the single-machine feature extraction, end to end, on synthetic vid
 Writes `--num_videos` H.264 mp4s (tests/synthetic_videos.py), exports a random-weight model of
 `--model_size` (small: the tests' narrow architecture at 8x56x56 on 64-frame 96x128 videos;
 swin_t: Swin-T at 32x224x224 on 10 s, 30 fps, 256x340 Kinetics-sized videos) through the real
-`FeatureExtractor.save`, runs `extract_features.run` over the videos with the Kinetics protocol
-and prints videos/s, clips/s, views/s (one view = one crop of one clip = one model input) and
-where the time went: decoding and preprocessing (summed over the decoding threads, which overlap the
-model) against the model calls.
+`FeatureExtractor.save`, runs the extraction (`extraction.runner.run`) over the videos with the
+Kinetics protocol twice, into two output folders:
+
+  before: the first implementation's decoding: every frame of a video decoded in the decoding
+    thread itself (in this process, all frames held in memory), then the sampled ones picked;
+  after: the current one: decoding processes (`extraction.decode_worker`) that stream through the
+    video and keep only the sampled frames;
+
+and prints, for each, videos/s, clips/s, views/s (one view = one crop of one clip = one model
+input) and where the time went: decoding and preprocessing (summed over the decoding threads,
+which overlap the model) against the model calls; then the after/before throughput ratio.
 """
 
 import os
@@ -25,8 +32,12 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import av
+
 from extraction import job as job_lib
 from extraction import runner
+from extraction import sampling as sampling_lib
+from extraction import video as video_lib
 from hub_models import variants
 from hub_models.backbone import VideoSwinBackbone
 from hub_models.hub_module import FeatureExtractor
@@ -52,6 +63,26 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 12, "Views per model call.", lo
 _DECODE_WORKERS = flags.DEFINE_integer("decode_workers", 2, "Decoding threads.", lower_bound=1)
 
 
+class WholeVideoDecoder:
+  """The "before" frame source: decodes every frame of the video in the calling thread (as
+  `video.decode` did before decoding moved to worker processes), then picks the sampled ones."""
+
+  def sample(self, path: str, sampling: sampling_lib.Sampling,
+             min_frames: int) -> video_lib.SampledFrames:
+    try:
+      with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+    except (av.FFmpegError, IndexError, ValueError) as error:
+      raise video_lib.VideoError(path, f"cannot decode: {error}") from error
+    if len(frames) < max(min_frames, 1):
+      raise video_lib.VideoError(path, f"too short: {len(frames)} decodable frames")
+    indices = sampling_lib.frame_indices(sampling, len(frames))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    return video_lib.SampledFrames(frames[unique], inverse.reshape(indices.shape), len(frames))
+
+
 def export_random_model(path: str, arch: variants.Architecture, input_size) -> str:
   """Saves a random-weight feature extractor taking `[None, 3, *input_size]` to `path`."""
   tf.keras.utils.set_random_seed(0)
@@ -59,6 +90,21 @@ def export_random_model(path: str, arch: variants.Architecture, input_size) -> s
   backbone(tf.zeros([1, *input_size, 3]))
   FeatureExtractor(backbone, input_size).save(path)
   return path
+
+
+def report(name: str, summary: runner.Summary, job: job_lib.Job) -> float:
+  """Prints one implementation's figures; returns its videos/s."""
+  timings = summary.timings
+  clips = summary.extracted * job.sampling.num_clips
+  videos_per_s = summary.extracted / summary.seconds
+  print(f"{name}: wall {summary.seconds:.2f} s: {videos_per_s:.3f} videos/s, "
+        f"{clips / summary.seconds:.2f} clips/s, {timings.views / summary.seconds:.2f} views/s "
+        f"({job.sampling.num_clips} clips x {job.sampling.num_crops} crops per video)")
+  print(f"  decode {timings.decode:.2f} s ({timings.decode / summary.extracted:.3f} s/video), "
+        f"preprocess {timings.preprocess:.2f} s ({timings.preprocess / summary.extracted:.3f} "
+        f"s/video), summed over threads; model {timings.model:.2f} s "
+        f"({timings.model / timings.views:.4f} s/view)", flush=True)
+  return videos_per_s
 
 
 def main(argv):
@@ -71,27 +117,26 @@ def main(argv):
       synthetic_videos.write_mp4(os.path.join(workdir, f"video{i}.mp4"), num_frames, height,
                                  width, fps=30, seed=i)
     model_dir = export_random_model(os.path.join(workdir, "model"), arch, input_size)
-    job = job_lib.make_job(model=model_dir, videos=os.path.join(workdir, "*.mp4"),
-                           output=os.path.join(workdir, "features"), num_clips=_NUM_CLIPS.value,
-                           num_crops=int(_NUM_CROPS.value))
-    print(f"{_MODEL_SIZE.value} model, input {'x'.join(map(str, input_size))}, feature "
-          f"{job.model.feature_dim}; {_NUM_VIDEOS.value} videos of {num_frames} frames "
-          f"{height}x{width}; {job.sampling.num_clips} clips x {job.sampling.num_crops} crops, "
-          f"batch {_BATCH_SIZE.value}, {_DECODE_WORKERS.value} decoding threads", flush=True)
-    # The first call traces and allocates: keep it out of the timings.
-    job.model(np.zeros([_BATCH_SIZE.value, 3, *input_size], np.float32))
-    summary = runner.run(job, batch_size=_BATCH_SIZE.value,
-                                   decode_workers=_DECODE_WORKERS.value,
-                                   progress=lambda line: None)
-  timings = summary.timings
-  clips = summary.extracted * job.sampling.num_clips
-  print(f"wall {summary.seconds:.2f} s: {summary.extracted / summary.seconds:.3f} videos/s, "
-        f"{clips / summary.seconds:.2f} clips/s, {timings.views / summary.seconds:.2f} views/s "
-        f"({job.sampling.num_clips} clips x {job.sampling.num_crops} crops per video)")
-  print(f"decode {timings.decode:.2f} s ({timings.decode / summary.extracted:.3f} s/video), "
-        f"preprocess {timings.preprocess:.2f} s ({timings.preprocess / summary.extracted:.3f} "
-        f"s/video), summed over threads")
-  print(f"model {timings.model:.2f} s ({timings.model / timings.views:.4f} s/view)")
+    throughput = {}
+    for name, source in (("before (whole-video decoding in threads)", WholeVideoDecoder()),
+                         ("after (streaming decoding in worker processes)", None)):
+      job = job_lib.make_job(model=model_dir, videos=os.path.join(workdir, "*.mp4"),
+                             output=os.path.join(workdir, f"features-{len(throughput)}"),
+                             num_clips=_NUM_CLIPS.value, num_crops=int(_NUM_CROPS.value))
+      if not throughput:
+        print(f"{_MODEL_SIZE.value} model, input {'x'.join(map(str, input_size))}, feature "
+              f"{job.model.feature_dim}; {_NUM_VIDEOS.value} videos of {num_frames} frames "
+              f"{height}x{width}; {job.sampling.num_clips} clips x {job.sampling.num_crops} "
+              f"crops, batch {_BATCH_SIZE.value}, {_DECODE_WORKERS.value} decoding threads",
+              flush=True)
+      # The first call traces and allocates: keep it out of the timings.
+      job.model(np.zeros([_BATCH_SIZE.value, 3, *input_size], np.float32))
+      summary = runner.run(job, batch_size=_BATCH_SIZE.value,
+                           decode_workers=_DECODE_WORKERS.value, frame_source=source,
+                           progress=lambda line: None)
+      throughput[name] = report(name, summary, job)
+  before, after = throughput.values()
+  print(f"after/before throughput: {after / before:.3f}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import logging
 import math
 import sys
 from typing import Callable, Iterator, List, Sequence
@@ -105,6 +106,9 @@ class ExtractFn(beam.DoFn):
     self._decoder = None
 
   def setup(self):
+    # Where the worker imported this package from: the first thing to check when workers run
+    # other code than the launcher (an old wheel, a missing --extra_package).
+    logging.info("ExtractFn set up from %s", __file__)
     self._model = self._shared_model.acquire(
         lambda: model_lib.FeatureModel(self._handle, self._clip_size))
     # Beam runs several bundles at once per worker: one decoding process per DoFn instance.

@@ -12,6 +12,7 @@ Parent side: `WorkerPool(size)` is shared by the decoding threads; each `sample`
 free worker. A worker that dies (a signal, an exit) or exceeds the time limit is replaced.
 """
 
+import errno
 import os
 import pickle
 import queue
@@ -62,15 +63,22 @@ def _read_message(fd: int, deadline: Optional[float] = None):
   return None if data is None else pickle.loads(data)
 
 
+def _over_the_limit(limit_mb: int) -> str:
+  return f"needs more than the decoding memory limit of {limit_mb} MiB"
+
+
 def _answer(path: str, sampling: sampling_lib.Sampling, min_frames: int, limit_mb: int):
   try:
     frames = video_lib.sample(
         path, lambda n: sampling_lib.frame_indices(sampling, n), min_frames)
     return _OK, frames
   except video_lib.VideoError as error:
+    # FFmpeg reports a failed allocation as ENOMEM: under the limit, that is the limit's doing.
+    if getattr(error.__cause__, "errno", None) == errno.ENOMEM:
+      return _ERROR, _over_the_limit(limit_mb)
     return _ERROR, error.reason
   except MemoryError:
-    return _ERROR, f"needs more than the decoding memory limit of {limit_mb} MiB"
+    return _ERROR, _over_the_limit(limit_mb)
 
 
 def serve(limit_mb: int) -> None:
@@ -85,8 +93,7 @@ def serve(limit_mb: int) -> None:
     try:
       _write_message(answers, answer)
     except MemoryError:
-      _write_message(answers, (_ERROR, f"needs more than the decoding memory limit of "
-                                       f"{limit_mb} MiB"))
+      _write_message(answers, (_ERROR, _over_the_limit(limit_mb)))
 
 
 def _describe_exit(returncode: int) -> str:
@@ -110,11 +117,14 @@ class DecodeWorker:
   def pid(self) -> Optional[int]:
     return self._process.pid if self._process else None
 
-  def _start(self) -> subprocess.Popen:
+  def start(self) -> None:
+    """Starts the process unless it runs."""
+    if self._process is not None:
+      return
     env = dict(os.environ)
     # The parent's import path, so that the worker finds this package where the parent did.
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-    return subprocess.Popen(
+    self._process = subprocess.Popen(
         [sys.executable, "-m", f"{__package__}.decode_worker", str(self._memory_limit_mb)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
@@ -126,8 +136,7 @@ class DecodeWorker:
       video.VideoError: what `video.sample` raises, and a crash, exit, memory-limit or time-limit
         failure of the worker on this file.
     """
-    if self._process is None:
-      self._process = self._start()
+    self.start()
     process = self._process
     try:
       _write_message(process.stdin, (path, sampling, min_frames))
@@ -163,12 +172,16 @@ class DecodeWorker:
 
 
 class WorkerPool:
-  """`size` DecodeWorkers shared by threads: `sample` runs on a free one. A context manager."""
+  """`size` DecodeWorkers shared by threads: `sample` runs on a free one. A context manager.
+
+  The processes start at once (in parallel, about 0.15 s each), so they are ready when the first
+  videos come."""
 
   def __init__(self, size: int, memory_limit_mb: int = 4096, timeout_s: float = 600.0):
     self._workers = [DecodeWorker(memory_limit_mb, timeout_s) for _ in range(size)]
     self._free: "queue.Queue[DecodeWorker]" = queue.Queue()
     for worker in self._workers:
+      worker.start()
       self._free.put(worker)
 
   def pids(self) -> List[int]:

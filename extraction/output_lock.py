@@ -62,10 +62,15 @@ class OutputLock:
       lock_file.close()
       raise records.OutputError(f"{self._output_dir} is in use by {_describe(holder)}: one run "
                                 "per output folder at a time") from None
-    lock_file.seek(0)
-    lock_file.truncate()
-    lock_file.write(self._holder_record())
-    lock_file.flush()
+    try:
+      lock_file.seek(0)
+      lock_file.truncate()
+      lock_file.write(self._holder_record())
+      lock_file.flush()
+    except OSError as error:
+      lock_file.close()
+      raise records.OutputError(
+          f"cannot write {self._path}: {error.strerror or error}") from error
     self._file = lock_file
 
   def _lock_remote(self) -> None:

@@ -7,6 +7,7 @@ unfinished shard; shards are renamed into place complete, so there is never a pa
 read, and the folder's lock keeps a second run from adding the same videos at the same time.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import time
@@ -81,12 +82,14 @@ def run(job: job_lib.Job, *, batch_size: int = 12, shard_size: int = 100, decode
     timings = extractor.Timings()
     extracted_paths = set()
     start = last_report = time.monotonic()
-    with (decode_worker.WorkerPool(decode_workers, decode_memory_mb, decode_timeout) as pool,
+    source = frame_source or decode_worker.WorkerPool(decode_workers, decode_memory_mb,
+                                                      decode_timeout)
+    with (contextlib.closing(source) if frame_source is None else contextlib.nullcontext(),
           records.ShardWriter(job.output, records.shard_prefix(run_id), shard_size) as shards,
           records.ErrorLog(job.output, run_id) as errors):
       results = extractor.extract(todo, job.model, job.sampling, min_frames=job.min_frames,
                                   batch_size=batch_size, decode_workers=decode_workers,
-                                  frame_source=frame_source or pool, timings=timings)
+                                  frame_source=source, timings=timings)
       for finished, result in enumerate(results, start=1):
         video = result.video
         if result.error is None:

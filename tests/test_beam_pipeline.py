@@ -1,7 +1,16 @@
-"""The Beam pipeline (local runner) writes what the single-machine tool writes, for the same
-videos, loads the model once per worker process and resumes a folder either tool began."""
+"""The Beam pipeline writes what the single-machine tool writes, for the same videos: on the local
+runner, where it loads the model once per worker process and resumes a folder either tool began,
+and on a portable runner whose SDK workers have the project only as its built wheel."""
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,6 +23,7 @@ from extraction import job as job_lib
 from extraction import model as model_lib
 from extraction import records
 from extraction import runner
+from tools import extraction_folder_check as check
 
 
 def quiet(unused_line):
@@ -79,10 +89,18 @@ def test_pipeline_loads_the_model_once_and_resumes(model_dir, videos, tmp_path, 
       loads.append(handle)
       super().__init__(handle, clip_size)
 
+  # What a killed Beam run leaves: its sinks' temporary folder and its hidden error list.
+  stale_folder = tmp_path / "out" / "beam-temp-features-killed-beam-1234"
+  stale_folder.mkdir()
+  (stale_folder / "part").write_bytes(b"half a shard")
+  stale_errors = tmp_path / "out" / f"{records.TEMP_PREFIX}errors-killed.tsv"
+  stale_errors.write_text("x\ty\tkilled\n")
+
   monkeypatch.setattr(model_lib, "FeatureModel", CountingModel)
   beam_pipeline.run(job, ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],
                     **fx.RUN_SETTINGS, progress=quiet)
   assert loads == [model_dir]
+  assert not stale_folder.exists() and not stale_errors.exists()
   assert list(fx.rows(output)) == list(fx.GOOD)
   manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
   assert manifest["videos"] == {"listed": 5, "done": 3, "failed": 2, "pending": 0}
@@ -96,3 +114,128 @@ def test_cli_refuses_a_missing_model_with_one_line(videos, tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: cannot load model {tmp_path}/no_model: "), result.stderr[-2000:]
   assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+  """The project's wheel, built offline from a copy of its sources (so that no build files are
+  left in the checkout)."""
+  source = tmp_path_factory.mktemp("source")
+  for name in ("hub_models", "export", "extraction"):
+    shutil.copytree(os.path.join(fx.REPO, name), source / name,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(fx.REPO, name), source)
+  dist = tmp_path_factory.mktemp("dist")
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                  "--no-build-isolation", "-w", str(dist), str(source)], check=True,
+                 capture_output=True, timeout=300)
+  (path,) = dist.glob("video_swin_hub-*.whl")
+  return path
+
+
+def test_the_wheel_installs_every_package_under_one_namespace(wheel):
+  with zipfile.ZipFile(wheel) as archive:
+    names = archive.namelist()
+    entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+  assert {name.split("/")[0] for name in names} == {"video_swin_hub",
+                                                    f"{wheel.name.split('-py3')[0]}.dist-info"}
+  for module in ("extraction/beam_pipeline.py", "extraction/decode_worker.py",
+                 "export/export_all.py", "hub_models/variants.py"):
+    assert f"video_swin_hub/{module}" in names
+  assert ("video-swin-beam-pipeline = video_swin_hub.extraction.beam_pipeline:cli_main"
+          in entry_points)
+  assert ("video-swin-extract-features = video_swin_hub.extraction.extract_features:cli_main"
+          in entry_points)
+
+
+@pytest.fixture(scope="module")
+def wheel_env(wheel, tmp_path_factory):
+  """(environment variables, working folder) of a virtual environment where the project exists
+  only as the installed wheel: its third-party packages are the test environment's, reached
+  through a .pth line naming that site-packages folder (a folder a .pth adds is not a site
+  folder, so the editable install's .pth there, which would make the checkout importable, is not
+  run), and the working folder is outside the repository."""
+  root = tmp_path_factory.mktemp("wheel_env")
+  venv = root / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                 timeout=120)
+  python = str(venv / "bin" / "python")
+  site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        check=True, capture_output=True, text=True).stdout.strip()
+  with open(os.path.join(site, "test_env.pth"), "w", encoding="utf-8") as f:
+    f.write(sysconfig.get_paths()["purelib"] + "\n")
+  subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
+                  "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True,
+                 timeout=300)
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+  env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+  workdir = root / "work"
+  workdir.mkdir()
+  where = subprocess.run(
+      ["python", "-c", "import video_swin_hub.extraction as e, importlib.util as u; "
+       "print(e.__file__); print(u.find_spec('extraction'))"],
+      cwd=workdir, env=env, check=True, capture_output=True, text=True).stdout.split()
+  assert where == [os.path.join(site, "video_swin_hub", "extraction", "__init__.py"), "None"]
+  return env, workdir
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture
+def worker_pool(wheel_env, tmp_path):
+  """The port of Beam's worker pool, started from the wheel's environment (its SDK workers are
+  the first `python` on PATH: that environment's)."""
+  env, workdir = wheel_env
+  port = free_port()
+  with open(tmp_path / "worker_pool.log", "wb") as log:
+    pool = subprocess.Popen(["python", "-m", "apache_beam.runners.worker.worker_pool_main",
+                             f"--service_port={port}"], cwd=workdir, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + 120
+    while True:
+      assert pool.poll() is None, (tmp_path / "worker_pool.log").read_text()[-3000:]
+      try:
+        socket.create_connection(("localhost", port), timeout=1).close()
+        break
+      except OSError:
+        assert time.monotonic() < deadline, "the worker pool did not start"
+        time.sleep(0.2)
+    yield port
+  finally:
+    pool.kill()
+    pool.wait()
+
+
+def test_portable_runner_with_workers_that_have_only_the_wheel(model_dir, videos, wheel_env,
+                                                              worker_pool, tmp_path):
+  env, workdir = wheel_env
+  tool_output, beam_output = tmp_path / "tool", tmp_path / "beam"
+  runner.run(job_lib.make_job(model=model_dir, videos=f"{videos}/all.txt",
+                              output=str(tool_output), **fx.JOB_SETTINGS),
+             **fx.RUN_SETTINGS, progress=quiet)
+  portable = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+              f"--environment_config=localhost:{worker_pool}"]
+
+  def launch(module, output, launcher_env):
+    return subprocess.run(
+        ["python", "-m", module, f"--model={model_dir}", f"--videos={videos}/all.txt",
+         f"--output={output}", *fx.FLAGS, *portable], cwd=workdir, env=launcher_env,
+        capture_output=True, text=True, timeout=400, check=False)
+
+  result = launch("video_swin_hub.extraction.beam_pipeline", beam_output, env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "extracted 3, failed 2, skipped 0" in result.stdout
+  assert check.problems(str(beam_output), str(tool_output)) == []
+
+  # The workers import nothing but the wheel: a launcher that pickles the DoFns under the
+  # checkout's module names (the repository on its own path) fails on them.
+  result = launch("extraction.beam_pipeline", tmp_path / "repo_names",
+                  {**env, "PYTHONPATH": fx.REPO})
+  assert result.returncode != 0
+  assert "No module named 'extraction'" in result.stderr

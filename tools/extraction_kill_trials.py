@@ -1,0 +1,93 @@
+r"""SIGKILL trials of `extract_features`: kill a run at a random moment, rerun it, and check that the
+folder ends exactly as an uninterrupted run leaves it.
+
+  python -m tools.extraction_kill_trials --model=DIR --videos=LIST --workdir=DIR [--trials=20] \
+      [--seed=0] [-- extra extract_features flags, e.g. --num_clips=2 --shard_size=1]
+
+First one uninterrupted run writes `WORKDIR/reference` (and gives the run's duration D). Each trial
+then starts the tool on `WORKDIR/trial-N`, sends it SIGKILL after a uniformly random delay in
+[0, D] (while it loads, decodes, writes a shard or the manifest), keeps the complete lines of
+errors.tsv that the killed run left, and runs the tool again to the end. A trial passes when the
+folder then holds each reference video exactly once with the reference features (atol 1e-5) and
+view counts, the reference error rows, every error line the killed run had written, a complete
+manifest with the reference counts and no temporaries. Prints one line per trial; exits 1 when a
+trial fails.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Sequence
+
+from absl import app
+from absl import flags
+
+from extraction import records
+from tools import extraction_folder_check
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_MODEL = flags.DEFINE_string("model", None, "Model handle for extract_features.", required=True)
+_VIDEOS = flags.DEFINE_string("videos", None, "--videos for extract_features.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the outputs (created).",
+                               required=True)
+_TRIALS = flags.DEFINE_integer("trials", 20, "Kill-and-rerun trials.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill delays.")
+
+TOOL = "extraction.extract_features"
+
+
+def tool_command(output: str, extra: Sequence[str]) -> List[str]:
+  return [sys.executable, "-m", TOOL, f"--model={_MODEL.value}", f"--videos={_VIDEOS.value}",
+          f"--output={output}", *extra]
+
+
+def run_to_end(output: str, extra: Sequence[str]) -> float:
+  """Runs the tool to completion; its duration in seconds."""
+  start = time.monotonic()
+  result = subprocess.run(tool_command(output, extra), capture_output=True, text=True,
+                          check=False)
+  if result.returncode:
+    sys.exit(f"error: {TOOL} failed on {output}: {result.stderr.strip().splitlines()[-1:]}")
+  return time.monotonic() - start
+
+
+def main(argv):
+  extra = argv[1:]
+  rng = random.Random(_SEED.value)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  reference = os.path.join(_WORKDIR.value, "reference")
+  duration = run_to_end(reference, extra)
+  print(f"reference run: {duration:.1f} s", flush=True)
+  failures = 0
+  for trial in range(_TRIALS.value):
+    output = os.path.join(_WORKDIR.value, f"trial-{trial}")
+    delay = rng.uniform(0, duration)
+    process = subprocess.Popen(tool_command(output, extra), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_state = "finished before the kill" if process.returncode == 0 else "killed"
+    shards_left = len(records.shard_paths(output)) if os.path.isdir(output) else 0
+    earlier = extraction_folder_check.complete_error_lines(output)
+    run_to_end(output, extra)
+    found = extraction_folder_check.problems(output, reference, earlier)
+    failures += bool(found)
+    print(json.dumps({"trial": trial, "kill_after_s": round(delay, 2), "state": killed_state,
+                      "shards_before_rerun": shards_left, "error_lines_before_rerun": len(earlier),
+                      "problems": found}), flush=True)
+  print(f"{_TRIALS.value - failures}/{_TRIALS.value} trials ended as the uninterrupted run")
+  sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)
