@@ -16,7 +16,7 @@ from hub_models import shapes
 Size3 = Tuple[shapes.Size, shapes.Size, shapes.Size]
 
 
-def effective_window(grid: Sequence[int], window: Sequence[int],
+def effective_window(grid: Sequence[shapes.Size], window: Sequence[int],
                      shift: Sequence[int]) -> Tuple[Size3, Size3]:
   """Shrinks the window to the grid on each axis where the grid is not larger.
 
@@ -38,7 +38,7 @@ def effective_window(grid: Sequence[int], window: Sequence[int],
   return tuple(new_window), tuple(new_shift)
 
 
-def padded_grid(grid: Sequence[int], window: Sequence[int]) -> Size3:
+def padded_grid(grid: Sequence[shapes.Size], window: Sequence[shapes.Size]) -> Size3:
   """The grid rounded up to a multiple of the window on each axis."""
   return tuple(-(-g // w) * w for g, w in zip(grid, window))
 

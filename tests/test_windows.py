@@ -58,3 +58,24 @@ def test_partition_and_merge_are_inverse():
   np.testing.assert_array_equal(parts[0, 1].numpy(), x[0, 0, 0, 1].numpy())
   np.testing.assert_array_equal(parts[0, 49].numpy(), x[0, 1, 0, 0].numpy())
   np.testing.assert_array_equal(windows.merge(parts, (8, 7, 7), (16, 14, 21)).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("grid", [(16, 56, 56), (16, 7, 7), (8, 7, 7), (4, 3, 9), (9, 8, 13)])
+def test_layout_from_run_time_sizes_equals_torchvision(tv, grid):
+  """The same bookkeeping with the grid known only at run time (the dynamic-shape trace)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  window, shift = tv._get_window_and_shift_size([4, 3, 3], list(grid), [8, 7, 7])  # pylint: disable=protected-access
+  layout = windows.stage_layout(tuple(tf.constant(g) for g in grid), (8, 7, 7), (4, 3, 3))
+  assert [int(w) for w in layout.window] == window
+  assert [int(s) for s in layout.shift] == shift
+  padded = [-(-g // w) * w for g, w in zip(grid, window)]
+  assert [int(p) for p in layout.padded] == padded
+  tokens = int(np.prod(window))
+  np.testing.assert_array_equal(
+      layout.bias_index.numpy(),
+      windows.relative_position_index((8, 7, 7)).numpy()[:tokens, :tokens].reshape(-1))
+  if any(shift):
+    want = tv._compute_attention_mask_3d(torch.zeros(1), padded, window, shift).numpy()  # pylint: disable=protected-access
+  else:  # the official model adds no mask; a run-time zero shift gives an all-zero one
+    want = np.zeros([int(np.prod(padded)) // tokens, tokens, tokens], np.float32)
+  np.testing.assert_array_equal(layout.mask.numpy(), want)
