@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import kagglehub
 import keras
@@ -346,3 +347,77 @@ def test_cli_refusals_are_one_line_and_never_show_the_key(kaggle_env, tmp_path):
     for secret in (KEY, base64.b64encode(f"{OWNER}:{KEY}".encode()).decode()):
       assert secret not in output
   assert not kaggle_env.blobs and not kaggle_env.models
+
+
+# -- concurrent publishers and killed ones (the publishing core's trials, where they apply) --
+
+# One publisher of a prepared version, as its own process (no TensorFlow: it starts quickly).
+_PUBLISHER = r"""
+import json, sys
+from export.destinations import base, kaggle
+folder, manifest_path, root = sys.argv[1:4]
+with open(manifest_path) as f:
+  manifest = json.load(f)
+version = base.VersionId(manifest["model"], manifest["version"])
+try:
+  destination = kaggle.KaggleDestination(root)
+  destination.check([version], overwrite=False)
+  with destination.begin(version, overwrite=False) as transaction:
+    print(transaction.commit(base.BuiltVersion(version, folder, "", manifest_path, manifest)))
+except base.PublishError as error:
+  sys.exit(f"error: {error}")
+"""
+
+
+def _start_publisher(built: base.BuiltVersion) -> subprocess.Popen:
+  return subprocess.Popen(
+      [sys.executable, "-c", _PUBLISHER, built.savedmodel_dir, built.manifest_path, ROOT],
+      cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_four_concurrent_publishers_of_a_new_variation_one_wins(kaggle_env, small_savedmodel,
+                                                                tmp_path):
+  built = _built(small_savedmodel, tmp_path, 1)
+  publishers = [_start_publisher(built) for _ in range(4)]
+  results = [(p.wait(timeout=300), *p.communicate()) for p in publishers]
+  winners = [r for r in results if r[0] == 0]
+  assert len(winners) == 1, results
+  for code, _, stderr in results:
+    if code:
+      lines = stderr.strip().splitlines()
+      assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+      assert "already exists" in lines[0], lines[0]
+  (version,) = kaggle_env.instance(OWNER, MODEL, SMALL_MODEL.name).versions
+  assert {k: v for k, v in version.files.items() if k != "manifest.json"} == _local_files(
+      small_savedmodel)
+
+
+def test_killed_publisher_leaves_no_version_or_the_whole_one(kaggle_env, small_savedmodel,
+                                                             tmp_path):
+  built = _built(small_savedmodel, tmp_path, 1)
+  expected = _local_files(small_savedmodel)
+  expected["manifest.json"] = (tmp_path / "1.manifest.json").read_bytes()
+  start = time.monotonic()
+  assert _start_publisher(built).wait(timeout=300) == 0
+  duration = time.monotonic() - start
+  random = np.random.RandomState(11)
+  outcomes = []
+  for trial in range(4):
+    kaggle_env.reset()
+    publisher = _start_publisher(built)
+    time.sleep(random.uniform(0.3, 1.0) * duration)
+    publisher.kill()
+    publisher.wait()
+    publisher.communicate()
+    instance = kaggle_env.instance(OWNER, MODEL, SMALL_MODEL.name)
+    versions = instance.versions if instance else []
+    assert [v.number for v in versions] in ([], [1]), trial
+    if versions:
+      assert versions[0].files == expected
+    outcomes.append(len(versions))
+    # The rerun publishes version 1 unless the killed run already had.
+    rerun = _destination()
+    if not versions:
+      _publish_small(rerun, small_savedmodel, tmp_path, 1)
+    assert [v.number for v in kaggle_env.instance(OWNER, MODEL, SMALL_MODEL.name).versions] == [1]
+  print(f"kills: {outcomes.count(0)} before the version existed, {outcomes.count(1)} after")
