@@ -18,9 +18,10 @@ every request with its Authorization header):
    and tried with one call in `check`, before any work. They are never printed, logged or
    written.
 2. Kaggle numbers versions itself: 1 when a variation is created, then one more per new version.
-   A version is published only when it is the number Kaggle will assign next; anything else is
-   refused before anything is uploaded, so no Kaggle version gets a number other than ours and an
-   existing version is never published twice (nor replaced: Kaggle versions are immutable).
+   A version is published only when it is the number Kaggle will assign next (checked before the
+   upload and again just before the version is created); anything else is refused before
+   anything is uploaded, and an existing version is never published again (nor replaced: Kaggle
+   versions are immutable).
 3. Every file is uploaded first (resumable uploads: an interrupted one resumes from what the
    server holds, with retries and backoff). The version is created only after all files are up,
    in one call, so a failed upload leaves no version; uploads that no version references are never
@@ -29,9 +30,11 @@ every request with its Authorization header):
    `?public=true`) and the variation (overview, usage, license, fine-tunable, training data) get
    every field in the call that creates them; `write_docs` brings them up to date afterwards.
 
-Kaggle offers no lock: two publishers of the same new version can both pass the checks; the
-second then gets another number from Kaggle, which is detected and reported (the version exists
-with that number; nothing is deleted).
+Kaggle offers no lock. Creating a variation is atomic there: of several publishers of a new
+variation's version 1, one wins and the others fail with "already exists". For later versions
+Kaggle has no conditional create: two publishers of version N that both pass the last check
+(milliseconds apart) would make versions N and N+1; the second is detected and reported as an
+error, but its version stays on Kaggle.
 
 `KAGGLE_API_ENVIRONMENT=TEST` sends every call to http://localhost:7777 (kagglesdk's test
 environment; the tests run a fake server there).
