@@ -87,6 +87,7 @@ def serve(limit_mb: int) -> None:
   # Answers go to a private copy of stdout; anything a library prints goes to stderr instead.
   answers = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)
+  _write_message(answers, (_OK, None))  # Ready: imports done.
   requests = sys.stdin.fileno()
   while (request := _read_message(requests)) is not None:
     answer = _answer(*request, limit_mb)
@@ -112,6 +113,7 @@ class DecodeWorker:
     self._memory_limit_mb = memory_limit_mb
     self._timeout_s = timeout_s
     self._process: Optional[subprocess.Popen] = None
+    self._ready = False
 
   @property
   def pid(self) -> Optional[int]:
@@ -127,6 +129,21 @@ class DecodeWorker:
     self._process = subprocess.Popen(
         [sys.executable, "-m", f"{__package__}.decode_worker", str(self._memory_limit_mb)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    self._ready = False
+
+  def wait_ready(self) -> bool:
+    """Starts the process if needed and waits (up to the time limit) for its ready message;
+    False when it died or did not answer (it is then stopped)."""
+    self.start()
+    if not self._ready:
+      try:
+        self._ready = _read_message(self._process.stdout.fileno(),
+                                    time.monotonic() + self._timeout_s) is not None
+      except TimeoutError:
+        pass
+      if not self._ready:
+        self.close(kill=True)
+    return self._ready
 
   def sample(self, path: str, sampling: sampling_lib.Sampling,
              min_frames: int) -> video_lib.SampledFrames:
@@ -136,13 +153,14 @@ class DecodeWorker:
       video.VideoError: what `video.sample` raises, and a crash, exit, memory-limit or time-limit
         failure of the worker on this file.
     """
-    self.start()
+    if not self.wait_ready():
+      raise video_lib.VideoError(path, "the decoding process did not start")
     process = self._process
     try:
       _write_message(process.stdin, (path, sampling, min_frames))
       answer = _read_message(process.stdout.fileno(), time.monotonic() + self._timeout_s)
     except TimeoutError:
-      self.close()
+      self.close(kill=True)
       raise video_lib.VideoError(
           path, f"decoding took longer than the limit of {self._timeout_s:g} s") from None
     except BrokenPipeError:
@@ -157,11 +175,14 @@ class DecodeWorker:
       raise video_lib.VideoError(path, value)
     return value
 
-  def close(self) -> None:
-    """Stops the process (it exits when its stdin closes; a busy one is killed)."""
+  def close(self, kill: bool = False) -> None:
+    """Stops the process: it exits when its stdin closes; with `kill`, or when it does not exit
+    within 5 s (busy), it is killed."""
     process, self._process = self._process, None
     if process is None:
       return
+    if kill:
+      process.kill()
     process.stdin.close()
     try:
       process.wait(timeout=5)
@@ -183,6 +204,11 @@ class WorkerPool:
     for worker in self._workers:
       worker.start()
       self._free.put(worker)
+
+  def wait_ready(self) -> None:
+    """Waits until every worker has started (or failed to), e.g. before timing a run."""
+    for worker in self._workers:
+      worker.wait_ready()
 
   def pids(self) -> List[int]:
     """The process ids of the running workers."""
