@@ -18,6 +18,9 @@ inside their records half of the time (re-zipped, so that CRC checks do not reje
 mutation of data.pkl). The fuzzing runs in a child process, restarted after a libFuzzer kill,
 until --max_time is spent. The working corpus in --work_dir persists between runs.
 
+With --merge_into=tests/data/checkpoint_corpus it then adds to the regression corpus the fewest
+working-corpus inputs that reach coverage the corpus lacks (libFuzzer -merge=1).
+
 Prints the executions, the coverage (libFuzzer's `cov` edges and `ft` features) when the seeds
 were loaded and at the end, the corpus size and the findings, and writes them as JSON to
 --report when given.
@@ -32,6 +35,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,7 +119,10 @@ def check_input(data: bytes, scratch_path: str, per_input_seconds: float,
 
 
 def save_finding(directory: str, kind: str, data: bytes) -> str:
-  """Writes `data` as `<directory>/<kind>-<sha256 prefix>.pth` atomically; returns the path."""
+  """Writes `data` as `<directory>/<kind>-<sha256 prefix>.pth` atomically; returns the path.
+
+  `kind`: a Finding's, libFuzzer's artifact kind (crash, timeout, oom) or 'coverage'.
+  """
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f'{kind}-{hashlib.sha256(data).hexdigest()[:16]}.pth')
   fd, temp = tempfile.mkstemp(dir=directory, prefix='.finding-')
@@ -279,10 +286,25 @@ def fuzz(max_time: float, work_dir: str, findings_dir: str, per_input_seconds: f
   report.seconds = round(time.monotonic() - start, 1)
   report.corpus_files = len(os.listdir(corpus))
   if merge_into:
-    os.makedirs(merge_into, exist_ok=True)
-    subprocess.run([*child, '-merge=1', merge_into, corpus], cwd=_REPO_ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _merge(child, corpus, merge_into, os.path.join(work_dir, 'merge'))
   return report
+
+
+def _merge(child: List[str], corpus: str, target: str, scratch: str) -> None:
+  """Adds to `target`, as `coverage-<sha256 prefix>.pth`, the fewest `corpus` inputs that reach
+  coverage its files lack."""
+  shutil.rmtree(scratch, ignore_errors=True)
+  os.makedirs(scratch)
+  os.makedirs(target, exist_ok=True)
+  for name in os.listdir(target):
+    shutil.copy(os.path.join(target, name), scratch)
+  before = set(os.listdir(scratch))
+  subprocess.run([*child, '-merge=1', scratch, corpus], cwd=_REPO_ROOT, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  for name in sorted(set(os.listdir(scratch)) - before):
+    with open(os.path.join(scratch, name), 'rb') as file:
+      save_finding(target, 'coverage', file.read())
+  shutil.rmtree(scratch)
 
 
 _MAX_TIME = flags.DEFINE_float('max_time', 60, 'Seconds to fuzz for, in total.')
