@@ -140,9 +140,14 @@ def test_the_wheel_installs_every_package_under_one_namespace(wheel):
     entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
   assert {name.split("/")[0] for name in names} == {"video_swin_hub",
                                                     f"{wheel.name.split('-py3')[0]}.dist-info"}
-  for module in ("extraction/beam_pipeline.py", "extraction/decode_worker.py",
-                 "export/export_all.py", "hub_models/variants.py"):
-    assert f"video_swin_hub/{module}" in names
+  # Every module of the three folders, subpackages included.
+  modules = [os.path.relpath(os.path.join(folder, name), fx.REPO)
+             for top in ("hub_models", "export", "extraction")
+             for folder, _, files in os.walk(os.path.join(fx.REPO, top))
+             for name in files if name.endswith(".py")]
+  assert "extraction/decode_worker.py" in modules and "export/export_all.py" in modules
+  assert sorted(n for n in names if n.endswith(".py")) == sorted(
+      f"video_swin_hub/{module}" for module in modules)
   assert ("video-swin-beam-pipeline = video_swin_hub.extraction.beam_pipeline:cli_main"
           in entry_points)
   assert ("video-swin-extract-features = video_swin_hub.extraction.extract_features:cli_main"

@@ -1,5 +1,5 @@
-r"""SIGKILL trials of `extract_features`: kill a run at a random moment, rerun it, and check that the
-folder ends exactly as an uninterrupted run leaves it.
+r"""SIGKILL trials of `extract_features`: kill a run at a random moment, rerun it, and check that
+the folder ends exactly as an uninterrupted run leaves it.
 
   python -m tools.extraction_kill_trials --model=DIR --videos=LIST --workdir=DIR [--trials=20] \
       [--seed=0] [-- extra extract_features flags, e.g. --num_clips=2 --shard_size=1]
