@@ -4,9 +4,9 @@
   TFSMLayer against the in-memory model) -> archive (checked with tfhub.dev's rules) -> manifest
   -> destination transaction commit.
 
-All of it runs inside the destination's transaction (`Destination.begin`), which holds the version
-from its "already published?" check to its commit; the files are built in the transaction's
-`work_dir` and published only after every check passed.
+Everything after the conversion runs inside the destination's transaction (`Destination.begin`),
+which holds the version from its "already published?" check to its commit; the files are built in
+the transaction's `work_dir` and published only after every check passed.
 """
 
 import dataclasses
@@ -23,6 +23,7 @@ from export.docs import validator
 from hub_models import checkpoint as checkpoint_lib
 from hub_models import conversion
 from hub_models import download
+from hub_models import hub_module
 from hub_models import variants
 
 EXPORT_ERRORS = (errors.ExportError, variants.UnknownVariantError, checkpoint_lib.CheckpointError,
@@ -54,15 +55,15 @@ class PublishedVersion:
   seconds: float
 
 
-def build_version(model: published_models.PublishedModel, checkpoint: Checkpoint, version: int,
-                  work_dir: str, progress: Callable[[str], None]) -> base.BuiltVersion:
-  """Converts, saves, verifies and packages `model` into the empty folder `work_dir`.
+def build_version(model: published_models.PublishedModel, root: hub_module.VideoModule,
+                  checkpoint: Checkpoint, version: int, work_dir: str,
+                  progress: Callable[[str], None]) -> base.BuiltVersion:
+  """Saves, verifies and packages `root` (the converted `model`) into the empty folder
+  `work_dir`.
 
   Raises:
-    EXPORT_ERRORS: the checkpoint cannot be converted or a check failed.
+    EXPORT_ERRORS: a check failed.
   """
-  progress("converting")
-  root = savedmodel.build_model(model, checkpoint.path)
   savedmodel_dir = os.path.join(work_dir, "savedmodel")
   archive = os.path.join(work_dir, "archive.tar.gz")
   manifest_path = os.path.join(work_dir, "manifest.json")
@@ -94,8 +95,11 @@ def publish(model: published_models.PublishedModel, checkpoint: Checkpoint,
     EXPORT_ERRORS: nothing of the new version is visible, an old version is intact.
   """
   start = time.monotonic()
+  # Converting only reads the checkpoint: a bad one fails before the destination is touched.
+  progress("converting")
+  root = savedmodel.build_model(model, checkpoint.path)
   with destination.begin(base.VersionId(model.name, version), overwrite) as transaction:
-    built = build_version(model, checkpoint, version, transaction.work_dir, progress)
+    built = build_version(model, root, checkpoint, version, transaction.work_dir, progress)
     progress("publishing")
     handle = transaction.commit(built)
   progress("done")

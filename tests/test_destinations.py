@@ -2,10 +2,10 @@
 only, SIGKILL at any moment leaves the old or the new version, listings read earlier runs.
 
 The versions here are small fake builds (a few files, no TensorFlow), so the trials are fast;
-tests/test_export_all.py publishes real SavedModels through the same destination.
+tests/test_export_all.py publishes real SavedModels through the same destination, and
+tools/publish_trials.py kills real exports.
 """
 
-import json
 import multiprocessing
 import os
 import random
@@ -18,26 +18,10 @@ import pytest
 
 from export.destinations import base
 from export.destinations import local
+from publishing_fakes import fake_build, publish_local
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = base.VersionId("m", 1)
-
-
-def fake_build(work_dir: str, version: base.VersionId, tag: str) -> base.BuiltVersion:
-  """A version whose every file carries `tag`, so mixed versions are visible."""
-  savedmodel = os.path.join(work_dir, "savedmodel")
-  os.makedirs(os.path.join(savedmodel, "variables"))
-  for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
-    with open(os.path.join(savedmodel, name), "w") as f:
-      f.write(tag)
-  archive = os.path.join(work_dir, "archive.tar.gz")
-  with open(archive, "w") as f:
-    f.write(tag)
-  manifest = {"model": version.name, "version": version.version, "tag": tag}
-  manifest_path = os.path.join(work_dir, "manifest.json")
-  with open(manifest_path, "w") as f:
-    json.dump(manifest, f)
-  return base.BuiltVersion(version, savedmodel, archive, manifest_path, manifest)
 
 
 def version_tags(root: str, version: base.VersionId = VERSION):
@@ -56,22 +40,10 @@ def version_tags(root: str, version: base.VersionId = VERSION):
   return tag
 
 
-def _publish(root, name, version, tag, hold_s, overwrite=False):
-  """Child process: publish one fake version; returns 'ok' or the error's one line."""
-  destination = local.LocalDestination(root)
-  try:
-    with destination.begin(base.VersionId(name, version), overwrite) as transaction:
-      built = fake_build(transaction.work_dir, base.VersionId(name, version), tag)
-      time.sleep(hold_s)
-      transaction.commit(built)
-    return "ok"
-  except base.PublishError as error:
-    return f"error: {error}"
-
-
 def test_one_of_four_concurrent_publishers_wins(tmp_path):
   with multiprocessing.get_context("fork").Pool(4) as pool:
-    results = pool.starmap(_publish, [(str(tmp_path), "m", 1, f"run{i}", 1.0) for i in range(4)])
+    results = pool.starmap(publish_local,
+                           [(str(tmp_path), "m", 1, f"run{i}", 1.0) for i in range(4)])
   winners = [r for r, tag in zip(results, range(4)) if r == "ok"]
   assert len(winners) == 1, results
   for result in results:
@@ -84,8 +56,8 @@ def test_one_of_four_concurrent_publishers_wins(tmp_path):
 
 def test_different_versions_publish_in_parallel(tmp_path):
   with multiprocessing.get_context("fork").Pool(4) as pool:
-    results = pool.starmap(_publish, [(str(tmp_path), f"m{i % 2}", 1 + i // 2, f"run{i}", 0.5)
-                                      for i in range(4)])
+    results = pool.starmap(publish_local, [(str(tmp_path), f"m{i % 2}", 1 + i // 2, f"run{i}",
+                                            0.5) for i in range(4)])
   assert results == ["ok"] * 4
   listed = local.LocalDestination(str(tmp_path)).published()
   assert [(m["model"], m["version"]) for m in listed] == [("m0", 1), ("m0", 2), ("m1", 1),
@@ -93,8 +65,8 @@ def test_different_versions_publish_in_parallel(tmp_path):
 
 
 def test_published_version_is_refused_and_kept(tmp_path):
-  assert _publish(str(tmp_path), "m", 1, "old", 0) == "ok"
-  result = _publish(str(tmp_path), "m", 1, "new", 0)
+  assert publish_local(str(tmp_path), "m", 1, "old", 0) == "ok"
+  result = publish_local(str(tmp_path), "m", 1, "new", 0)
   assert result.startswith("error: ") and "already exists" in result
   assert version_tags(str(tmp_path)) == "old"
   with pytest.raises(base.AlreadyPublishedError):
@@ -102,7 +74,7 @@ def test_published_version_is_refused_and_kept(tmp_path):
 
 
 def test_failed_build_leaves_the_old_version_byte_for_byte(tmp_path):
-  assert _publish(str(tmp_path), "m", 1, "old", 0) == "ok"
+  assert publish_local(str(tmp_path), "m", 1, "old", 0) == "ok"
   before = _snapshot(tmp_path / "m")
   destination = local.LocalDestination(str(tmp_path))
   with pytest.raises(RuntimeError, match="verification failed"):
@@ -110,7 +82,7 @@ def test_failed_build_leaves_the_old_version_byte_for_byte(tmp_path):
       fake_build(transaction.work_dir, VERSION, "new")
       raise RuntimeError("verification failed")
   assert _snapshot(tmp_path / "m") == before
-  assert _publish(str(tmp_path), "m", 1, "new", 0, overwrite=True) == "ok"
+  assert publish_local(str(tmp_path), "m", 1, "new", 0, overwrite=True) == "ok"
   assert version_tags(str(tmp_path)) == "new"
 
 
@@ -126,8 +98,8 @@ def _snapshot(folder):
 _KILL_CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from test_destinations import _publish
-print(_publish({root!r}, "m", 1, {tag!r}, 0, overwrite={overwrite}), flush=True)
+from publishing_fakes import publish_local
+print(publish_local({root!r}, "m", 1, {tag!r}, 0, overwrite={overwrite}), flush=True)
 """
 
 
@@ -136,20 +108,29 @@ def test_sigkill_at_random_moments_leaves_old_or_new(tmp_path, overwrite):
   trials = int(os.environ.get("PUBLISH_KILL_TRIALS", "20"))
   rng = random.Random(0)
   outcomes = {"none": 0, "old": 0, "new": 0}
-  for trial in range(trials):
-    root = str(tmp_path / f"t{trial}")
-    if overwrite:
-      assert _publish(root, "m", 1, "old", 0) == "ok"
-    child = subprocess.Popen(
+
+  def start_child(root):
+    return subprocess.Popen(
         [sys.executable, "-c", _KILL_CHILD.format(tests=os.path.dirname(__file__), root=root,
                                                   tag="new", overwrite=overwrite)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0.05, 0.6))  # the child's whole run: import, lock, build, commit
+
+  started = time.monotonic()  # one whole run, to spread the kills over
+  assert start_child(str(tmp_path / "timing")).communicate()[0].strip() == b"ok"
+  duration = time.monotonic() - started
+  for trial in range(trials):
+    root = str(tmp_path / f"t{trial}")
+    if overwrite:
+      assert publish_local(root, "m", 1, "old", 0) == "ok"
+    child = start_child(root)
+    time.sleep(rng.uniform(0, duration))  # anywhere in its run: import, lock, build, commit
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    output, _ = child.communicate()
+    # Killed, or finished: anything else (a crash) would prove nothing.
+    assert child.returncode == -signal.SIGKILL or output.strip() == b"ok", output
     tag = version_tags(root)
     assert tag in (("old", "new") if overwrite else (None, "new")), tag
     outcomes[tag or "none"] += 1
-    assert _publish(root, "m", 1, "rerun", 0, overwrite=True) == "ok"
+    assert publish_local(root, "m", 1, "rerun", 0, overwrite=True) == "ok"
     assert version_tags(root) == "rerun"
   print(f"{trials} kills: {outcomes}")

@@ -13,6 +13,8 @@ import torch
 
 import torch_reference
 from conftest import normalise, relative_error
+from export import errors
+from export import packaging
 from export import published_models
 from export import savedmodel
 from hub_models import checkpoint, conversion, variants
@@ -45,7 +47,7 @@ def run_cli(*args):
 
 
 def test_savedmodel_contract(exported):
-  assert sorted(os.listdir(os.path.dirname(exported))) == ["3"]
+  assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
   loaded = tf.saved_model.load(exported)
   serving = loaded.signatures["serving_default"]
   (spec,) = serving.structured_input_signature[1].values()
@@ -104,10 +106,33 @@ def test_training_flag_enables_stochastic_depth(exported):
 def test_existing_version_is_not_overwritten(exported, tiny_checkpoint):
   _, path = tiny_checkpoint
   before = os.path.getmtime(os.path.join(exported, "saved_model.pb"))
-  with pytest.raises(savedmodel.ExportError, match="already exists"):
-    savedmodel.export(published_models.PublishedModel(TINY), path,
-                      os.path.dirname(os.path.dirname(exported)), 3, cache_dir="unused")
+  result = run_cli(f"--variant={TINY.name}", f"--checkpoint={path}",
+                   f"--output_dir={os.path.dirname(os.path.dirname(exported))}", "--version=3")
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "already exists" in last
   assert os.path.getmtime(os.path.join(exported, "saved_model.pb")) == before
+
+
+def test_export_is_export_all_for_one_model(exported):
+  """The same pipeline: archive and manifest beside the SavedModel, docs for the version."""
+  out = os.path.dirname(os.path.dirname(exported))
+  assert sorted(os.listdir(os.path.dirname(exported))) == ["3", "3.manifest.json", "3.tar.gz"]
+  assert os.path.isfile(os.path.join(out, "tfhub.dev", "assets", "docs", "video-swin-hub",
+                                     "models", TINY.name, "3.md"))
+
+
+def test_verify_rejects_a_savedmodel_that_differs_from_the_model(exported, tiny_checkpoint):
+  """packaging.verify compares the reloaded SavedModel with the in-memory model: it passes for the
+  model the SavedModel was saved from, and fails once one weight of the in-memory model moved."""
+  _, path = tiny_checkpoint
+  model = published_models.PublishedModel(TINY)
+  root = savedmodel.build_model(model, path)
+  packaging.verify(exported, root, model)
+  variable = max(root.trainable_variables, key=lambda v: v.shape.num_elements())
+  variable.assign_add(tf.fill(variable.shape, 1e-2))
+  with pytest.raises(errors.ExportError, match="differs from the in-memory model"):
+    packaging.verify(exported, root, model)
 
 
 class _RunsCode:

@@ -16,7 +16,8 @@ import pytest
 import tensorflow_hub as hub
 
 import torch_reference
-from test_destinations import fake_build
+from publishing_fakes import fake_build
+import publishing_fakes
 from export.destinations import base
 from export.destinations import gcs
 from export.docs import validator as validate_docs
@@ -161,17 +162,8 @@ def _destination(root, **kwargs):
 
 
 def _publish(root, tag, hold_s=0.0, overwrite=False, **kwargs):
-  """Publishes a fake version m/1 whose files carry `tag`; 'ok' or the error's one line."""
-  destination = _destination(root, **kwargs)
-  version = base.VersionId("m", 1)
-  try:
-    with destination.begin(version, overwrite) as transaction:
-      built = fake_build(transaction.work_dir, version, tag)
-      time.sleep(hold_s)
-      transaction.commit(built)
-    return "ok"
-  except base.PublishError as error:
-    return f"error: {error}"
+  """Publishes a fake version m/1 whose files carry `tag`; "ok" or the error's one line."""
+  return publishing_fakes.publish(_destination(root, **kwargs), "m", 1, tag, hold_s, overwrite)
 
 
 def _tag(fs, root):

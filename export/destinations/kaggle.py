@@ -245,15 +245,16 @@ class KaggleModel:
           f"{where} cannot get version {version}: Kaggle numbers versions itself and would make "
           f"it version {latest + 1} ({state})")
 
-  def file(self, variation: str, version: int, path: str) -> bytes:
-    """One file of a version."""
+  def file(self, variation: str, version: int, path: str) -> Optional[bytes]:
+    """One file of a version, or None if the version has no such file."""
     request = api.ApiDownloadModelInstanceVersionRequest()
     request.owner_slug, request.model_slug = self.owner, self.model
     request.framework, request.instance_slug = _FRAMEWORK_ENUM, variation
     request.version_number, request.path = version, path
     response = self._call(f"reading {path} of {variation}/{version}",
-                          self._models.download_model_instance_version, request)
-    return response.content
+                          self._models.download_model_instance_version, request,
+                          missing_ok=True)
+    return response.content if response is not None else None
 
   # -- writing --
 
@@ -452,7 +453,10 @@ class KaggleDestination(base.Destination):
       if instance.framework != _FRAMEWORK_ENUM:
         continue
       for number in range(1, instance.version_number + 1):
-        manifests.append(json.loads(self.kaggle.file(instance.slug, number, MANIFEST_NAME)))
+        # Versions without our manifest were not published by these tools: not listed.
+        manifest = self.kaggle.file(instance.slug, number, MANIFEST_NAME)
+        if manifest is not None:
+          manifests.append(json.loads(manifest))
     return sorted(manifests, key=lambda m: (m["model"], int(m["version"])))
 
   def handle(self, version: base.VersionId) -> str:

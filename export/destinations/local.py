@@ -269,12 +269,8 @@ class LocalDestination(base.Destination):
     try:
       versions = tfhub.versions_of(self.published())
       written = tfhub.write_tree(self.root, versions, options.publisher,
-                                 options.asset_base_url or _file_url(self.root)) if versions else []
+                                 options.asset_base_url or tfhub.PLACEHOLDER_ASSET_BASE_URL) if versions else []
     finally:
       lock.release()
     progress(f"wrote {len(written)} docs under {os.path.join(self.root, tfhub.DOCS_DIR)}")
     return written
-
-
-def _file_url(root: str) -> str:
-  return "file://" + os.path.abspath(root)

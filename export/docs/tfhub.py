@@ -24,6 +24,9 @@ PAPER_URL = "https://arxiv.org/abs/2106.13230"
 OFFICIAL_REPO_URL = "https://github.com/SwinTransformer/Video-Swin-Transformer"
 # Where the docs live inside a checkout of the tensorflow/tfhub.dev repository.
 DOCS_DIR = os.path.join("tfhub.dev", "assets", "docs")
+# The docs' asset-path base when a local folder is published without --asset_base_url: tfhub.dev
+# wants an http(s) or gs:// URL, so the folder's own path cannot stand in.
+PLACEHOLDER_ASSET_BASE_URL = "https://storage.googleapis.com/YOUR_BUCKET/video-swin"
 
 # Backbone sizes as the paper names them, keyed by (embed_dim, depths).
 _BACKBONE_NAMES = {
