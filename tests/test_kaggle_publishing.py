@@ -26,6 +26,7 @@ from export import published_models
 from export.destinations import base
 from export.destinations import kaggle
 from hub_models import variants
+import kaggle_server
 from kaggle_server import KaggleServer
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
@@ -187,6 +188,10 @@ def test_second_version_and_docs_list_every_version(kaggle_env, small_savedmodel
       "overview", "usage", "licenseName", "fineTunable", "trainingData"}
   assert kaggle_env.model(OWNER, MODEL).fields["isPrivate"] is False
 
+  # A variation uploaded by other means (no manifest) is not listed, nor documented.
+  foreign = kaggle_server.Instance("other", "MODEL_FRAMEWORK_TENSOR_FLOW_2", {})
+  foreign.versions.append(kaggle_server.Version(1, "", {"saved_model.pb": b"..."}))
+  kaggle_env.model(OWNER, MODEL).instances[("tensorflow2", "other")] = foreign
   assert [(m["model"], m["version"]) for m in destination.published()] == [
       (SMALL_MODEL.name, 1), (SMALL_MODEL.name, 2)]
   written = destination.write_docs(base.DocsOptions("unused"), lambda line: None)
