@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import logging
+import multiprocessing
 import os
 import re
 import threading
@@ -287,3 +288,36 @@ def test_sha256_file(tmp_path):
   path = tmp_path / 'data.bin'
   path.write_bytes(_DATA)
   assert download.sha256_file(str(path)) == _DATA_SHA256
+
+
+def _sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def test_file_name_sha256_prefix_is_checked(server, tmp_path):
+  """mmaction2 names end in the first 8 hex digits of the sha256: a match is accepted, anything
+  else is refused and deleted."""
+  good = _url(server, f'swin_20220930-{_sha256(_DATA)[:8]}.pth')
+  assert _read(_fetch(good, tmp_path)) == _DATA
+  bad = _url(server, 'swin_20220930-00000000.pth')
+  with pytest.raises(download.DownloadError, match='does not start with the 00000000'):
+    _fetch(bad, tmp_path)
+  assert not os.path.exists(download.cache_path(bad, str(tmp_path)))
+  assert download.trust(good, None) == 'sha256 prefix in the published file name'
+  assert download.trust(_url(server), None).startswith('trust on first use')
+  assert download.trust(_url(server), _DATA_SHA256) == 'sha256 published with the registry entry'
+
+
+def _fetch_in_child(url, cache_dir):
+  return _fetch(url, cache_dir)
+
+
+def test_concurrent_fetches_of_one_url_download_once(server, tmp_path):
+  """Four processes fetch one URL into one cache at once: one request, one complete file."""
+  url = _url(server)
+  with multiprocessing.get_context('fork').Pool(4) as pool:
+    paths = pool.starmap(_fetch_in_child, [(url, str(tmp_path))] * 4)
+  assert len(set(paths)) == 1 and _read(paths[0]) == _DATA
+  assert len(server.behaviour.ranges) == 1  # the others waited on the lock, then reused it
+  assert sorted(_files(tmp_path)) == sorted([os.path.basename(paths[0]),
+                                             os.path.basename(paths[0]) + '.sha256'])

@@ -71,3 +71,14 @@ def test_feature_map_mean_is_the_pooled_feature():
   feature_map = hub_module.FeatureMapExtractor(backbone, (8, 56, 56))(video).numpy()
   pooled = hub_module.FeatureExtractor(backbone, (8, 56, 56))(video).numpy()
   np.testing.assert_allclose(feature_map.mean(axis=(2, 3, 4)), pooled, rtol=1e-5, atol=1e-6)
+
+
+def test_identity_round_trips_and_refuses_unknown_names():
+  model = published_models.PublishedModel(TINY, OUTPUTS["logits"], (16, 160, 160))
+  record = published_models.identity(model)
+  assert record == {"variant": TINY.name, "output": "logits", "input_size": [16, 160, 160]}
+  assert published_models.from_identity(record) == model
+  with pytest.raises(published_models.IdentityError, match="swin_huge"):
+    published_models.from_identity(dict(record, variant="swin_huge"))
+  with pytest.raises(published_models.IdentityError, match="input_size"):
+    published_models.from_identity({"variant": TINY.name, "output": "logits"})
