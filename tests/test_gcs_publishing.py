@@ -4,6 +4,8 @@ preconditions on multipart uploads: the claim that lets one publisher of a versi
 import json
 import multiprocessing
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
@@ -249,3 +251,46 @@ def test_upload_without_a_server_hash_is_refused(fs, tmp_path, monkeypatch):
 def test_not_a_gcs_root_is_refused():
   with pytest.raises(base.PublishError, match="not a gs://bucket"):
     gcs.GcsDestination("gs://")
+
+
+_KILL_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import publishing_fakes
+from export.destinations import gcs
+print(publishing_fakes.publish(gcs.GcsDestination({root!r}), "m", 1, "new", overwrite=True),
+      flush=True)
+"""
+
+
+def test_sigkill_during_overwrite_leaves_old_or_new(emulator, fs):
+  """A publisher killed at a random moment: once its claim is stale, the next reader finds the
+  complete old or the complete new version (a half-done commit is rolled forward), and a rerun
+  publishes."""
+  del emulator
+  trials = int(os.environ.get("PUBLISH_KILL_TRIALS", "6"))
+  rng = random.Random(1)
+  root = f"gs://{BUCKET}/kills"
+
+  def start_child():
+    return subprocess.Popen(
+        [sys.executable, "-c", _KILL_CHILD.format(tests=os.path.dirname(__file__), root=root)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+  assert _publish("kills", "new") == "ok"
+  started = time.monotonic()
+  assert start_child().communicate()[0].strip() == b"ok"
+  duration = time.monotonic() - started
+  outcomes = {"old": 0, "new": 0}
+  for _ in range(trials):
+    assert _publish("kills", "old", overwrite=True) == "ok"
+    child = start_child()
+    time.sleep(rng.uniform(0, duration))
+    child.send_signal(signal.SIGKILL)
+    output, errors = child.communicate()
+    assert child.returncode == -signal.SIGKILL or output.strip() == b"ok", errors[-2000:]
+    _destination("kills", stale_after_s=0).remove_stale_staging()
+    tag = _tag(fs, "kills")
+    assert tag in ("old", "new"), tag
+    outcomes[tag] += 1
+  print(f"{trials} kills: {outcomes}")
