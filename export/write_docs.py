@@ -19,6 +19,7 @@ from absl import flags
 
 from export import files
 from export import published_models
+from export.docs import kaggle as kaggle_docs
 from export.docs import tfhub
 from export.docs import validator
 from hub_models import variants
@@ -39,7 +40,8 @@ _OUTPUTS = flags.DEFINE_list(
 _INPUT_SIZE = flags.DEFINE_list("input_size", ["32", "224", "224"],
                                 "Frames,height,width of the exported input.")
 _WRITE_COLLECTION_MD = flags.DEFINE_string(
-    "write_collection_md", None, "Also write the repository's collection.md to this path.")
+    "write_collection_md", None,
+    "Also write the repository's collection.md (the Kaggle model card) to this path.")
 
 
 def main(argv):
@@ -58,7 +60,7 @@ def main(argv):
   written = tfhub.write_tree(_OUTPUT_DIR.value, [(m, _VERSION.value) for m in models],
                              _PUBLISHER.value, _ASSET_BASE_URL.value)
   if _WRITE_COLLECTION_MD.value:
-    files.write_text_atomically(_WRITE_COLLECTION_MD.value, tfhub.repository_collection_md())
+    files.write_text_atomically(_WRITE_COLLECTION_MD.value, kaggle_docs.repository_model_card())
     written.append(_WRITE_COLLECTION_MD.value)
 
   problems = validator.validate_docs_root(os.path.join(_OUTPUT_DIR.value, tfhub.DOCS_DIR))

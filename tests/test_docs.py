@@ -11,6 +11,7 @@ import tarfile
 import pytest
 
 from export import files
+from export.docs import kaggle as kaggle_docs
 from export.docs import tfhub as docs
 from export import published_models
 from export.docs import validator as validate_docs
@@ -63,17 +64,8 @@ def test_generated_tree_of_all_variants_is_valid(tmp_path):
 def test_checked_in_collection_md_is_up_to_date():
   with open(os.path.join(REPO_ROOT, "collection.md"), encoding="utf-8") as f:
     checked_in = f.read()
-  assert checked_in == docs.repository_collection_md(), (
+  assert checked_in == kaggle_docs.repository_model_card(), (
       f"collection.md is out of date with hub_models/variants.py; regenerate it with: {REGENERATE}")
-
-
-def test_repository_collection_md_links_the_collection_and_lists_the_others():
-  text = docs.repository_collection_md()
-  assert text.startswith(f"# Collection {docs.DEFAULT_PUBLISHER}/{docs.COLLECTION_NAME}/1\n")
-  for variant in variants.VARIANTS.values():
-    link = f"(https://tfhub.dev/{docs.DEFAULT_PUBLISHER}/{variant.name})"
-    assert (link in text) == variant.in_collection
-    assert variant.name in text
 
 
 def test_model_doc_header():
@@ -173,7 +165,8 @@ def test_tree_of_every_output_is_valid(tmp_path):
   assert validate_docs.validate_docs_root(os.path.join(str(tmp_path), docs.DOCS_DIR)) == []
   collection = open(paths[-1], encoding="utf-8").read()
   for model in models:
-    assert f"(https://tfhub.dev/{PUBLISHER}/{model.name})" in collection
+    assert f"[{model.name}](../../models/{model.name}/1.md)" in collection
+  assert "https://tfhub.dev" not in collection
 
 
 # Each edit breaks a valid model doc in one way; the problem must name the doc and this text.
@@ -235,7 +228,8 @@ def test_validator_catches_collection_linking_a_model_without_doc(tmp_path):
   assert len(problems) == 1, problems
   collection = docs.collection_doc_path(docs_root, PUBLISHER, docs.COLLECTION_NAME)
   assert problems[0].startswith(f"{collection}:")
-  assert f"'{PUBLISHER}/swin_base_patch244_window1677_sthv2', which has no model doc" in problems[0]
+  assert ("'../../models/swin_base_patch244_window1677_sthv2/1.md', which has no model doc"
+          in problems[0])
 
 
 def test_validator_requires_a_model_link_and_task_in_collection(tmp_path):
@@ -352,7 +346,7 @@ def test_write_docs_cli_writes_a_valid_tree(tmp_path):
   docs_root = os.path.join(str(tmp_path), docs.DOCS_DIR)
   for variant in variants.collection():
     assert os.path.isfile(docs.model_doc_path(docs_root, docs.DEFAULT_PUBLISHER, variant.name, 1))
-  assert collection_md.read_text(encoding="utf-8") == docs.repository_collection_md()
+  assert collection_md.read_text(encoding="utf-8") == kaggle_docs.repository_model_card()
   result = _run("export.validate_docs", f"--docs_root={docs_root}")
   assert result.returncode == 0 and result.stdout == "", result.stdout
 

@@ -8,8 +8,7 @@ exported.
 
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
-import urllib.parse
+from typing import Dict, List, Sequence, Tuple
 
 from export import files
 from export import published_models
@@ -313,21 +312,18 @@ def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_ur
   ])
 
 
-def _model_table(models: Sequence[PublishedModel], publisher: Optional[str]) -> List[str]:
-  """A markdown table of `models`; names link to their tfhub.dev pages when `publisher` is set
-  and to their checkpoints otherwise."""
+def _model_table(versions: Sequence[Tuple[PublishedModel, int]]) -> List[str]:
+  """A markdown table with a row per (model, version); names link to the model docs beside the
+  collection doc (relative links resolve wherever the tree is served; tfhub.dev takes no models
+  since 2024, so its URLs would not)."""
   rows = [
       "| model | backbone | window | pretrain | fine-tune | top-1 | top-5 | evaluation views "
       "| output |",
       "|---|---|---|---|---|---|---|---|---|",
   ]
-  for m in models:
+  for m, version in versions:
     v = m.variant
-    if publisher:
-      name = f"[{m.name}](https://tfhub.dev/{publisher}/{m.name})"
-    else:
-      source = urllib.parse.urlparse(v.checkpoint_urls[0]).netloc
-      name = f"{m.name} ([checkpoint]({v.checkpoint_urls[0]}), {source})"
+    name = f"[{m.name}](../../models/{m.name}/{version}.md)"
     arch = v.architecture
     rows.append(
         f"| {name} | {backbone_name(arch)} | {_join(arch.window_size)} | "
@@ -336,25 +332,13 @@ def _model_table(models: Sequence[PublishedModel], publisher: Optional[str]) -> 
   return rows
 
 
-def collection_doc(models: Sequence[PublishedModel], publisher: str,
-                   collection_name: str = COLLECTION_NAME,
-                   others: Sequence[PublishedModel] = ()) -> str:
-  """The tfhub.dev collection doc linking `models`; `others` are listed, unlinked, as further
-  registered models that are not published in the collection."""
+def collection_doc(versions: Sequence[Tuple[PublishedModel, int]], publisher: str,
+                   collection_name: str = COLLECTION_NAME) -> str:
+  """The tfhub.dev collection doc linking one version doc of each model of `versions`."""
+  models = [m for m, _ in versions]
   outputs = list(dict.fromkeys(m.output for m in models))
   input_shapes = list(dict.fromkeys(m.input_shape for m in models))
   returns = "; ".join(f"the {o.summary} (`{o.key}`)" for o in outputs)
-  other_section = []
-  if others:
-    other_section = [
-        "## Further registered models",
-        "",
-        "The registry also holds these variants, which are not part of the collection; "
-        "`python -m export.export_all --variants=NAME` exports them the same way.",
-        "",
-        *_model_table(others, publisher=None),
-        "",
-    ]
   return "\n".join([
       f"# Collection {publisher}/{collection_name}/1",
       "Video Swin Transformer video models converted from the official checkpoints.",
@@ -373,9 +357,8 @@ def collection_doc(models: Sequence[PublishedModel], publisher: str,
       "",
       "## Models",
       "",
-      *_model_table(models, publisher),
+      *_model_table(versions),
       "",
-      *other_section,
       "## Input",
       "",
       f"- `video`: float32 `{' or '.join(_batch_shape(shape) for shape in input_shapes)}`, "
@@ -409,13 +392,6 @@ def publisher_doc(publisher: str) -> str:
   ])
 
 
-def repository_collection_md() -> str:
-  """The repository's collection.md: the collection doc plus the registry's other variants."""
-  others = [PublishedModel(v) for v in variants_lib.VARIANTS.values() if not v.in_collection]
-  return collection_doc([PublishedModel(v) for v in variants_lib.collection()],
-                        DEFAULT_PUBLISHER, others=others)
-
-
 def versions_of(manifests: Sequence[Dict[str, object]]) -> List[Tuple[PublishedModel, int]]:
   """(model, version) of each manifest whose identity names a registered model, in order."""
   found = []
@@ -432,16 +408,16 @@ def write_tree(output_dir: str, versions: Sequence[Tuple[PublishedModel, int]],
                publisher: str, asset_base_url: str,
                collection_name: str = COLLECTION_NAME) -> List[str]:
   """Writes the publisher page, one model doc per (model, version) and the collection doc (linking
-  each model once) under `output_dir/tfhub.dev/assets/docs`; returns the written paths."""
+  each model's newest version) under `output_dir/tfhub.dev/assets/docs`; returns the written paths."""
   if not versions:
     raise ValueError("no models to document")
   docs_root = os.path.join(output_dir, DOCS_DIR)
-  models = list(dict.fromkeys(model for model, _ in versions))
+  newest = {model: version for model, version in sorted(versions, key=lambda v: v[1])}
   contents = [(publisher_doc_path(docs_root, publisher), publisher_doc(publisher))]
   contents += [(model_doc_path(docs_root, publisher, m.name, version),
                 model_doc(m, version, publisher, asset_base_url)) for m, version in versions]
   contents.append((collection_doc_path(docs_root, publisher, collection_name),
-                   collection_doc(models, publisher, collection_name)))
+                   collection_doc(list(newest.items()), publisher, collection_name)))
   for path, text in contents:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     files.write_text_atomically(path, text)
