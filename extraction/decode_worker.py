@@ -29,6 +29,9 @@ from . import sampling as sampling_lib
 from . import video as video_lib
 
 _HEADER = struct.Struct("<Q")
+# Seconds a new process may take to import its modules (on a loaded machine), apart from the time
+# limit per video.
+STARTUP_TIMEOUT_S = 120.0
 _OK, _ERROR = "ok", "error"
 
 
@@ -132,13 +135,13 @@ class DecodeWorker:
     self._ready = False
 
   def wait_ready(self) -> bool:
-    """Starts the process if needed and waits (up to the time limit) for its ready message;
+    """Starts the process if needed and waits (up to STARTUP_TIMEOUT_S) for its ready message;
     False when it died or did not answer (it is then stopped)."""
     self.start()
     if not self._ready:
       try:
         self._ready = _read_message(self._process.stdout.fileno(),
-                                    time.monotonic() + self._timeout_s) is not None
+                                    time.monotonic() + STARTUP_TIMEOUT_S) is not None
       except TimeoutError:
         pass
       if not self._ready:
