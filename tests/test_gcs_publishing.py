@@ -192,6 +192,21 @@ def test_one_of_four_concurrent_publishers_wins(emulator, fs):
   assert _tag(fs, "race") == f"run{results.index('ok')}"
 
 
+def _publish_version(root, name, version):
+  return publishing_fakes.publish(_destination(root), name, version, f"{name}-{version}", 0.5)
+
+
+def test_different_versions_publish_in_parallel(emulator, fs):
+  del emulator
+  with multiprocessing.get_context("spawn").Pool(4) as pool:
+    results = pool.starmap(_publish_version,
+                           [("parallel", f"m{i % 2}", 1 + i // 2) for i in range(4)])
+  assert results == ["ok"] * 4
+  listed = _destination("parallel", fs=fs).published()
+  assert [(m["model"], m["version"], m["tag"]) for m in listed] == [
+      ("m0", 1, "m0-1"), ("m0", 2, "m0-2"), ("m1", 1, "m1-1"), ("m1", 2, "m1-2")]
+
+
 def test_version_is_refused_and_overwrite_swaps_whole(fs):
   assert _publish("swap", "old") == "ok"
   assert "already exists" in _publish("swap", "new")
