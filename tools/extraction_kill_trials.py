@@ -4,10 +4,13 @@ the folder ends exactly as an uninterrupted run leaves it.
   python -m tools.extraction_kill_trials --model=DIR --videos=LIST --workdir=DIR [--trials=20] \
       [--seed=0] [-- extra extract_features flags, e.g. --num_clips=2 --shard_size=1]
 
-First one uninterrupted run writes `WORKDIR/reference` (and gives the run's duration D). Each trial
-then starts the tool on `WORKDIR/trial-N`, sends it SIGKILL after a uniformly random delay in
-[0, D] (while it loads, decodes, writes a shard or the manifest), keeps the complete lines of
-errors.tsv that the killed run left, and runs the tool again to the end. A trial passes when the
+First one uninterrupted run writes `WORKDIR/reference`; it gives the run's duration D and the
+length W of its writing phase (from the moment its manifest appears, i.e. it holds the lock and
+starts extracting, to its end). Each trial then starts the tool on `WORKDIR/trial-N` and sends it
+SIGKILL: two trials in three at a uniformly random moment of the writing phase (W after the
+manifest appears: while it decodes, writes a shard, an error line or the manifest), every third
+one at a uniformly random moment of the whole run (D, mostly while it loads). It keeps the
+complete lines of errors.tsv that the killed run left, and runs the tool again to the end. A trial passes when the
 folder then holds each reference video exactly once with the reference features (atol 1e-5) and
 view counts, the reference error rows, every error line the killed run had written, a complete
 manifest with the reference counts and no temporaries. Prints one line per trial; exits 1 when a
@@ -26,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -50,14 +53,25 @@ def tool_command(output: str, extra: Sequence[str]) -> List[str]:
           f"--output={output}", *extra]
 
 
-def run_to_end(output: str, extra: Sequence[str]) -> float:
-  """Runs the tool to completion; its duration in seconds."""
+def wait_for_manifest(process: subprocess.Popen, output: str) -> float:
+  """Polls until `output`'s manifest exists or the process ends; the monotonic time then."""
+  manifest = os.path.join(output, records.MANIFEST)
+  while not os.path.exists(manifest) and process.poll() is None:
+    time.sleep(0.01)
+  return time.monotonic()
+
+
+def run_to_end(output: str, extra: Sequence[str]) -> Tuple[float, float]:
+  """Runs the tool to completion; (its duration, its writing phase) in seconds."""
   start = time.monotonic()
-  result = subprocess.run(tool_command(output, extra), capture_output=True, text=True,
-                          check=False)
-  if result.returncode:
-    sys.exit(f"error: {TOOL} failed on {output}: {result.stderr.strip().splitlines()[-1:]}")
-  return time.monotonic() - start
+  process = subprocess.Popen(tool_command(output, extra), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  writing = wait_for_manifest(process, output)
+  _, stderr = process.communicate()
+  end = time.monotonic()
+  if process.returncode:
+    sys.exit(f"error: {TOOL} failed on {output}: {stderr.strip().splitlines()[-1:]}")
+  return end - start, end - writing
 
 
 def main(argv):
@@ -65,15 +79,19 @@ def main(argv):
   rng = random.Random(_SEED.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   reference = os.path.join(_WORKDIR.value, "reference")
-  duration = run_to_end(reference, extra)
-  print(f"reference run: {duration:.1f} s", flush=True)
+  duration, writing = run_to_end(reference, extra)
+  print(f"reference run: {duration:.1f} s, writing phase {writing:.1f} s", flush=True)
   failures = 0
   for trial in range(_TRIALS.value):
     output = os.path.join(_WORKDIR.value, f"trial-{trial}")
-    delay = rng.uniform(0, duration)
+    phase = "whole run" if trial % 3 == 2 else "writing phase"
     process = subprocess.Popen(tool_command(output, extra), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+    start = time.monotonic()
+    if phase == "writing phase":
+      start = wait_for_manifest(process, output)
+    delay = rng.uniform(0, writing if phase == "writing phase" else duration)
+    time.sleep(max(0.0, start + delay - time.monotonic()))
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_state = "finished before the kill" if process.returncode == 0 else "killed"
@@ -82,9 +100,9 @@ def main(argv):
     run_to_end(output, extra)
     found = extraction_folder_check.problems(output, reference, earlier)
     failures += bool(found)
-    print(json.dumps({"trial": trial, "kill_after_s": round(delay, 2), "state": killed_state,
-                      "shards_before_rerun": shards_left, "error_lines_before_rerun": len(earlier),
-                      "problems": found}), flush=True)
+    print(json.dumps({"trial": trial, "kill_in": phase, "kill_after_s": round(delay, 2),
+                      "state": killed_state, "shards_before_rerun": shards_left,
+                      "error_lines_before_rerun": len(earlier), "problems": found}), flush=True)
   print(f"{_TRIALS.value - failures}/{_TRIALS.value} trials ended as the uninterrupted run")
   sys.exit(1 if failures else 0)
 
