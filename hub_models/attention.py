@@ -4,9 +4,9 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from hub_models import layers
-from hub_models import shapes
-from hub_models import windows
+from . import layers
+from . import shapes
+from . import windows
 
 
 class WindowAttention(tf.Module):

@@ -3,11 +3,11 @@
 import numpy as np
 import tensorflow as tf
 
-from hub_models import attention
-from hub_models import layers
-from hub_models import shapes
-from hub_models import windows
-from hub_models.variants import Architecture
+from . import attention
+from . import layers
+from . import shapes
+from . import windows
+from .variants import Architecture
 
 
 class Stage(tf.Module):

@@ -12,10 +12,10 @@ from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from hub_models import windows
-from hub_models.backbone import VideoSwinBackbone
-from hub_models.head import ClassificationHead
-from hub_models.variants import Variant
+from . import windows
+from .backbone import VideoSwinBackbone
+from .head import ClassificationHead
+from .variants import Variant
 
 
 class ConversionError(ValueError):

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from hub_models import layers
+from . import layers
 
 
 class ClassificationHead(tf.Module):

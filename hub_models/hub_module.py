@@ -14,9 +14,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from hub_models.backbone import VideoSwinBackbone, pool
-from hub_models.head import ClassificationHead
-from hub_models.variants import DEFAULT_INPUT_SIZE
+from .backbone import VideoSwinBackbone, pool
+from .head import ClassificationHead
+from .variants import DEFAULT_INPUT_SIZE
 
 # The official preprocessing, on RGB in [0, 255].
 RGB_MEAN = (123.675, 116.28, 103.53)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from hub_models import shapes
+from . import shapes
 
 
 def _truncated_normal(shape, stddev=0.02):

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from hub_models import shapes
+from . import shapes
 
 Size3 = Tuple[shapes.Size, shapes.Size, shapes.Size]
 
