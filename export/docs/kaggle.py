@@ -74,11 +74,11 @@ def _licenses(models: Sequence[PublishedModel]) -> List[str]:
 def _input_lines(model: PublishedModel) -> List[str]:
   frames, height, width = model.input_size
   return [
-      f"- `video`: float32 `{tfhub._batch_shape(model.input_shape)}`, channels first (batch, "
+      f"- `video`: float32 `{tfhub.batch_shape(model.input_shape)}`, channels first (batch, "
       "channels, frames, height, width). The batch size is free; the other sizes are fixed.",
       "- RGB values in [0, 1] (8-bit pixels divided by 255); the official mean/std "
       "normalisation is applied inside the model.",
-      f"- Frames: {tfhub._frame_sampling(model.variant, frames)}.",
+      f"- Frames: {tfhub.frame_sampling(model.variant, frames)}.",
       f"- Size: resize the short side to at least {min(height, width)} and crop "
       f"{height}x{width}.",
   ]
@@ -87,9 +87,9 @@ def _input_lines(model: PublishedModel) -> List[str]:
 def _row(model: PublishedModel, version_link: str) -> str:
   v = model.variant
   return (f"| `{model.name}` | {tfhub.backbone_name(v.architecture)} | "
-          f"{tfhub._join(v.architecture.window_size)} | {v.pretrain_dataset.name} | "
+          f"{tfhub.join(v.architecture.window_size)} | {v.pretrain_dataset.name} | "
           f"{v.finetune_dataset.name} | {v.top1} | {v.top5} | {v.eval_views} | "
-          f"`{model.output.key}` `{tfhub._batch_shape(model.output_shape)}` | {version_link} |")
+          f"`{model.output.key}` `{tfhub.batch_shape(model.output_shape)}` | {version_link} |")
 
 
 def model_card(versions: Sequence[PublishedVersion], model_url: Optional[str] = None,
@@ -108,7 +108,7 @@ def model_card(versions: Sequence[PublishedVersion], model_url: Optional[str] = 
       *(_row(m, "not published") for m in unpublished if m.name not in latest),
   ]
   models = [e.model for e in latest.values()] + [m for m in unpublished if m.name not in latest]
-  input_shapes = " or ".join(dict.fromkeys(f"`{tfhub._batch_shape(m.input_shape)}`"
+  input_shapes = " or ".join(dict.fromkeys(f"`{tfhub.batch_shape(m.input_shape)}`"
                                            for m in models))
   example = next(iter(latest.values()), None)
   url = example.url if example else _HANDLE_PATTERN
@@ -168,7 +168,7 @@ def model_card(versions: Sequence[PublishedVersion], model_url: Optional[str] = 
       "",
       "## References",
       "",
-      f"1. {tfhub._PAPER_CITATION}",
+      f"1. {tfhub.PAPER_CITATION}",
       f"2. Official implementation and model zoo: {tfhub.OFFICIAL_REPO_URL}",
       "3. mmaction2 (Swin-L and Kinetics-710 weights): https://github.com/open-mmlab/mmaction2",
       *([f"4. All variations: {model_url}"] if model_url else []),
@@ -189,15 +189,15 @@ def variation_card(entry: PublishedVersion) -> VariationCard:
   variant, arch = model.variant, model.variant.architecture
   if variant.license is None:
     raise ValueError(f"variant {variant.name} has no license in the registry")
-  text = tfhub._output_text(model, entry.url)
+  text = tfhub.output_text(model, entry.url)
   overview = "\n".join([
       f"# {model.name}",
       "",
       text["description"],
       "",
       f"The {tfhub.backbone_name(arch)} Video Swin Transformer (embedding dimension "
-      f"{arch.embed_dim}, depths {tfhub._join(arch.depths, ', ')}, heads "
-      f"{tfhub._join(arch.num_heads, ', ')}, window {tfhub._join(arch.window_size)}), pretrained "
+      f"{arch.embed_dim}, depths {tfhub.join(arch.depths, ', ')}, heads "
+      f"{tfhub.join(arch.num_heads, ', ')}, window {tfhub.join(arch.window_size)}), pretrained "
       f"on {variant.pretrain_dataset.name} and fine-tuned on {variant.finetune_dataset.name} "
       f"with a {variant.num_classes}-way classifier, converted from the official checkpoint "
       f"{', '.join(variant.checkpoint_urls)}. {text['overview']}",
@@ -219,17 +219,7 @@ def variation_card(entry: PublishedVersion) -> VariationCard:
       "TensorFlow 2 with tf_keras (needs the model public, see the model card; for a private "
       "model pass the folder from `kagglehub.model_download` instead of the URL):",
       "",
-      "```python",
-      "import os",
-      "os.environ[\"TF_USE_LEGACY_KERAS\"] = \"1\"  # Before TensorFlow is imported.",
-      "import tensorflow as tf",
-      "import tensorflow_hub as hub",
-      "import tf_keras",
-      "",
-      f"inputs = tf_keras.Input(shape={model.input_shape}, dtype=tf.float32)",
-      *text["tf_keras"],
-      f"model = tf_keras.Model(inputs, {text['result']})",
-      "```",
+      *tfhub.tf_keras_snippet(model, text),
       "",
       "Keras 3, on the downloaded SavedModel (works for private models with Kaggle "
       "credentials):",

@@ -35,7 +35,7 @@ _BACKBONE_NAMES = {
     (192, (2, 2, 18, 2)): "Swin-L",
 }
 
-_PAPER_CITATION = ("Ze Liu, Jia Ning, Yue Cao, Yixuan Wei, Zheng Zhang, Stephen Lin, Han Hu: "
+PAPER_CITATION = ("Ze Liu, Jia Ning, Yue Cao, Yixuan Wei, Zheng Zhang, Stephen Lin, Han Hu: "
                    f"*Video Swin Transformer*, CVPR 2022, [arXiv:2106.13230]({PAPER_URL})")
 
 PublishedModel = published_models.PublishedModel
@@ -46,7 +46,7 @@ def backbone_name(architecture: variants_lib.Architecture) -> str:
   """The paper's name for the backbone size ("Swin-B"), or its hyper-parameters if unnamed."""
   key = (architecture.embed_dim, tuple(architecture.depths))
   return _BACKBONE_NAMES.get(
-      key, f"Swin (C={architecture.embed_dim}, depths {_join(architecture.depths, ',')})")
+      key, f"Swin (C={architecture.embed_dim}, depths {join(architecture.depths, ',')})")
 
 
 def model_handle(publisher: str, name: str, version: int) -> str:
@@ -74,15 +74,15 @@ def publisher_doc_path(docs_root: str, publisher: str) -> str:
   return os.path.join(docs_root, publisher, f"{publisher}.md")
 
 
-def _join(values, separator: str = "x") -> str:
+def join(values, separator: str = "x") -> str:
   return separator.join(str(v) for v in values)
 
 
-def _batch_shape(shape: Sequence[int]) -> str:
-  return f"[batch, {_join(shape, ', ')}]"
+def batch_shape(shape: Sequence[int]) -> str:
+  return f"[batch, {join(shape, ', ')}]"
 
 
-def _frame_sampling(variant: variants_lib.Variant, frames: int) -> str:
+def frame_sampling(variant: variants_lib.Variant, frames: int) -> str:
   """How to pick the input frames, read from the evaluation protocol of the reported accuracy."""
   dataset = variant.finetune_dataset.name
   interval = re.search(r"\binterval (\d+)", variant.eval_views)
@@ -107,7 +107,7 @@ def _checkpoint_list(variant: variants_lib.Variant) -> str:
   return ", ".join(f"[`{url.rsplit('/', 1)[-1]}`]({url})" for url in variant.checkpoint_urls)
 
 
-def _output_text(model: PublishedModel, archive: str) -> Dict[str, object]:
+def output_text(model: PublishedModel, archive: str) -> Dict[str, object]:
   """What the doc says about the model's output, keyed by doc part, for `model.output.key`.
 
   description: the doc's one-line description; overview: what the model returns and what for;
@@ -119,7 +119,7 @@ def _output_text(model: PublishedModel, archive: str) -> Dict[str, object]:
   backbone = backbone_name(arch)
   pretrain, finetune = variant.pretrain_dataset.name, variant.finetune_dataset.name
   features, classes = arch.num_features, variant.num_classes
-  map_shape = _batch_shape((features, *model.feature_map_size))
+  map_shape = batch_shape((features, *model.feature_map_size))
   frames, height, width = model.input_size
   texts = {
       "features": {
@@ -188,6 +188,23 @@ def _output_text(model: PublishedModel, archive: str) -> Dict[str, object]:
   return texts[model.output.key]
 
 
+def tf_keras_snippet(model: PublishedModel, text: Dict[str, object]) -> List[str]:
+  """The fenced tf_keras `hub.KerasLayer` example for `model`, `text` from `output_text`."""
+  return [
+      "```python",
+      "import os",
+      "os.environ[\"TF_USE_LEGACY_KERAS\"] = \"1\"  # Before TensorFlow is imported.",
+      "import tensorflow as tf",
+      "import tensorflow_hub as hub",
+      "import tf_keras",
+      "",
+      f"inputs = tf_keras.Input(shape={model.input_shape}, dtype=tf.float32)",
+      *text["tf_keras"],
+      f"model = tf_keras.Model(inputs, {text['result']})",
+      "```",
+  ]
+
+
 def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_url: str) -> str:
   """The tfhub.dev model doc of one exported model, as markdown."""
   variant = model.variant
@@ -195,7 +212,7 @@ def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_ur
   backbone = backbone_name(arch)
   pretrain, finetune = variant.pretrain_dataset.name, variant.finetune_dataset.name
   archive = asset_path(asset_base_url, model.name, version)
-  text = _output_text(model, archive)
+  text = output_text(model, archive)
   metadata = [
       f"asset-path: {archive}",
       f"task: {model.output.task}",
@@ -223,8 +240,8 @@ def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_ur
       "## Overview",
       "",
       f"The {backbone} Video Swin Transformer [1] (embedding dimension "
-      f"{arch.embed_dim}, depths {_join(arch.depths, ', ')}, heads {_join(arch.num_heads, ', ')}, "
-      f"window {_join(arch.window_size)}), converted to a TensorFlow 2 SavedModel from the "
+      f"{arch.embed_dim}, depths {join(arch.depths, ', ')}, heads {join(arch.num_heads, ', ')}, "
+      f"window {join(arch.window_size)}), converted to a TensorFlow 2 SavedModel from the "
       f"official PyTorch checkpoint {_checkpoint_list(variant)} [2, 3].",
       "",
       f"The backbone was pretrained on {pretrain} and then fine-tuned on {finetune} with a "
@@ -232,12 +249,12 @@ def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_ur
       "",
       "## Input",
       "",
-      f"- `video`: a float32 tensor of shape `{_batch_shape(model.input_shape)}`, channels "
+      f"- `video`: a float32 tensor of shape `{batch_shape(model.input_shape)}`, channels "
       "first: (batch, channels, frames, height, width). The batch size is free; the other sizes "
       "are fixed.",
       "- RGB values in [0, 1] (divide 8-bit pixels by 255). The official ImageNet mean/std "
       "normalisation is applied inside the model, so do not normalise the input yourself.",
-      f"- Frames: {_frame_sampling(variant, frames)}.",
+      f"- Frames: {frame_sampling(variant, frames)}.",
       f"- Size: {height}x{width} pixels per frame: resize the short side to at least "
       f"{min(height, width)} and crop {height}x{width}.",
       "- A clip decoded as `[frames, height, width, 3]` becomes channels first with "
@@ -252,17 +269,7 @@ def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_ur
       "",
       "TensorFlow 2 with tf_keras (`hub.KerasLayer` is a Keras 2 layer):",
       "",
-      "```python",
-      "import os",
-      "os.environ[\"TF_USE_LEGACY_KERAS\"] = \"1\"  # Before TensorFlow is imported.",
-      "import tensorflow as tf",
-      "import tensorflow_hub as hub",
-      "import tf_keras",
-      "",
-      f"inputs = tf_keras.Input(shape={model.input_shape}, dtype=tf.float32)",
-      *text["tf_keras"],
-      f"model = tf_keras.Model(inputs, {text['result']})",
-      "```",
+      *tf_keras_snippet(model, text),
       "",
       "Keras 3 (`keras.layers.TFSMLayer` loads a local SavedModel directory; unpack the archive "
       f"first, e.g. `mkdir model && tar -xzf {version}.tar.gz -C model`):",
@@ -305,7 +312,7 @@ def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_ur
       "",
       "## References",
       "",
-      f"1. {_PAPER_CITATION}",
+      f"1. {PAPER_CITATION}",
       f"2. Official implementation and model zoo: {OFFICIAL_REPO_URL}",
       f"3. Checkpoint: {', '.join(variant.checkpoint_urls)}",
       "",
@@ -326,9 +333,9 @@ def _model_table(versions: Sequence[Tuple[PublishedModel, int]]) -> List[str]:
     name = f"[{m.name}](../../models/{m.name}/{version}.md)"
     arch = v.architecture
     rows.append(
-        f"| {name} | {backbone_name(arch)} | {_join(arch.window_size)} | "
+        f"| {name} | {backbone_name(arch)} | {join(arch.window_size)} | "
         f"{v.pretrain_dataset.name} | {v.finetune_dataset.name} | {v.top1} | {v.top5} | "
-        f"{v.eval_views} | `{m.output.key}` {_batch_shape(m.output_shape)} |")
+        f"{v.eval_views} | `{m.output.key}` {batch_shape(m.output_shape)} |")
   return rows
 
 
@@ -361,7 +368,7 @@ def collection_doc(versions: Sequence[Tuple[PublishedModel, int]], publisher: st
       "",
       "## Input",
       "",
-      f"- `video`: float32 `{' or '.join(_batch_shape(shape) for shape in input_shapes)}`, "
+      f"- `video`: float32 `{' or '.join(batch_shape(shape) for shape in input_shapes)}`, "
       "channels first (batch, channels, frames, height, width), RGB in [0, 1]; the official "
       "mean/std normalisation is applied inside.",
       "- Frames: sample them as in the model's evaluation views (frames per clip with their "
@@ -372,7 +379,7 @@ def collection_doc(versions: Sequence[Tuple[PublishedModel, int]], publisher: st
       "",
       "## References",
       "",
-      f"1. {_PAPER_CITATION}",
+      f"1. {PAPER_CITATION}",
       f"2. Official implementation and model zoo: {OFFICIAL_REPO_URL}",
       "",
   ])
