@@ -39,6 +39,11 @@ class CommonFlags:
         "Replace existing versions (the old one stays until the new one is complete).")
     self.input_size = flags.DEFINE_list("input_size", ["32", "224", "224"],
                                         "Frames,height,width of the exported input.")
+    # A string checked by parse_models rather than DEFINE_enum, whose refusal is two lines.
+    self.precision = flags.DEFINE_string(
+        "precision", published_models.DEFAULT_PRECISION,
+        "What the model computes in: " + " or ".join(published_models.PRECISIONS) + " (variables, "
+        "input and output stay float32; bfloat16 models get the name suffix _bf16).")
     self.cache_dir = flags.DEFINE_string(
         "cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "video_swin_checkpoints"),
         "Where downloaded checkpoints are kept, keyed by URL.")
@@ -143,13 +148,16 @@ def run(models: Sequence[published_models.PublishedModel], checkpoint_for: Check
 
 
 def parse_models(variants: Sequence[variants_lib.Variant], output_keys: Sequence[str],
-                 input_size: Sequence[str]) -> List[published_models.PublishedModel]:
-  """The models for each variant x output at one input size, in that order.
+                 input_size: Sequence[str],
+                 precision: str) -> List[published_models.PublishedModel]:
+  """The models for each variant x output at one input size and one precision (a PRECISIONS key),
+  in that order.
 
   Raises:
-    ExportError: a bad output key or input size.
+    ExportError: a bad output key, input size or precision.
   """
   size = published_models.parse_input_size(input_size)
   outputs = [published_models.get_output(key) for key in dict.fromkeys(output_keys)]
-  return [published_models.PublishedModel(variant, output, size)
+  compute = published_models.get_precision(precision)
+  return [published_models.PublishedModel(variant, output, size, compute)
           for variant in variants for output in outputs]

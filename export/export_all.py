@@ -67,7 +67,8 @@ def main(argv):
   try:
     selected = ([variants_lib.get(name) for name in _VARIANTS.value] if _VARIANTS.value
                 else list(variants_lib.collection()))
-    models = batch.parse_models(selected, _OUTPUTS.value, _COMMON.input_size.value)
+    models = batch.parse_models(selected, _OUTPUTS.value, _COMMON.input_size.value,
+                                _COMMON.precision.value)
   except pipeline.EXPORT_ERRORS as error:
     sys.exit(f"error: {errors.one_line(error)}")
 

@@ -42,7 +42,8 @@ def main(argv):
   del argv
   try:
     variant = variants_lib.get(_VARIANT.value)
-    models = batch.parse_models([variant], [_OUTPUT.value], _COMMON.input_size.value)
+    models = batch.parse_models([variant], [_OUTPUT.value], _COMMON.input_size.value,
+                                _COMMON.precision.value)
   except pipeline.EXPORT_ERRORS as error:
     sys.exit(f"error: {errors.one_line(error)}")
   reference = _CHECKPOINT.value or variant.checkpoint_urls[0]

@@ -1,8 +1,10 @@
-"""What one published Hub model is: a registry variant, the output it returns and its input size.
+"""What one published Hub model is: a registry variant, the output it returns, the precision it
+computes in and its input size.
 
-Each variant can be published with one of three outputs (presets as data, below); each choice is
-its own Hub model with its own name and docs. The default, the pooled feature at 32x224x224, keeps
-the variant's own name; other outputs and input sizes add a suffix, so handles never collide.
+Each variant can be published with one of three outputs and one of two precisions (presets as data,
+below); each choice is its own Hub model with its own name and docs. The default, the pooled
+feature computed in float32 at 32x224x224, keeps the variant's own name; other outputs, precisions
+and input sizes add a suffix, so handles never collide.
 """
 
 import dataclasses
@@ -55,6 +57,35 @@ DEFAULT_OUTPUT = "features"
 DEFAULT_INPUT_SIZE = variants_lib.DEFAULT_INPUT_SIZE
 
 
+@dataclasses.dataclass(frozen=True)
+class Precision:
+  """What an exported model computes in. Its variables and its input and output are float32 in
+  every precision.
+
+  Attributes:
+    key: the flag value, recorded in the manifest's identity.
+    name_suffix: appended after the output's suffix to name the Hub model.
+    compute_dtype: the TF dtype name of the matmuls, attention and MLP (`tf.as_dtype` takes it;
+      named, so that this registry does not import TensorFlow).
+    summary: what the model computes in, for docs.
+  """
+  key: str
+  name_suffix: str
+  compute_dtype: str
+  summary: str
+
+
+PRECISIONS: Dict[str, Precision] = {
+    precision.key: precision for precision in (
+        Precision("float32", "", "float32", "computes in float32"),
+        Precision("bfloat16", "_bf16", "bfloat16",
+                  "computes its matmuls, attention and MLP in bfloat16 (LayerNorm statistics, "
+                  "the residual stream and the pooling in float32)"),
+    )
+}
+DEFAULT_PRECISION = "float32"
+
+
 class UnknownOutputError(errors.ExportError, ValueError):
   """An output kind that is not in OUTPUTS; the message lists the valid ones."""
 
@@ -63,6 +94,17 @@ def get_output(key: str) -> Output:
   if key not in OUTPUTS:
     raise UnknownOutputError(f"unknown output {key!r}; valid outputs: {', '.join(OUTPUTS)}")
   return OUTPUTS[key]
+
+
+class UnknownPrecisionError(errors.ExportError, ValueError):
+  """A precision that is not in PRECISIONS; the message lists the valid ones."""
+
+
+def get_precision(key: str) -> Precision:
+  if key not in PRECISIONS:
+    raise UnknownPrecisionError(
+        f"unknown precision {key!r}; valid precisions: {', '.join(PRECISIONS)}")
+  return PRECISIONS[key]
 
 
 class InputSizeError(errors.ExportError, ValueError):
@@ -88,19 +130,20 @@ def parse_input_size(values: Sequence[str]) -> Tuple[int, int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class PublishedModel:
-  """A variant exported with one output at one input size."""
+  """A variant exported with one output at one input size, computing in one precision."""
   variant: variants_lib.Variant
   output: Output = OUTPUTS[DEFAULT_OUTPUT]
   input_size: Tuple[int, int, int] = DEFAULT_INPUT_SIZE
+  precision: Precision = PRECISIONS[DEFAULT_PRECISION]
 
   @property
   def name(self) -> str:
-    """The Hub model name: the variant's, plus the output's suffix, plus `_TxHxW` when the input
-    size is not the default."""
+    """The Hub model name: the variant's, plus the output's suffix, plus the precision's suffix,
+    plus `_TxHxW` when the input size is not the default."""
     size = ""
     if tuple(self.input_size) != DEFAULT_INPUT_SIZE:
       size = "_" + "x".join(str(s) for s in self.input_size)
-    return f"{self.variant.name}{self.output.name_suffix}{size}"
+    return f"{self.variant.name}{self.output.name_suffix}{self.precision.name_suffix}{size}"
 
   @property
   def input_shape(self) -> Tuple[int, ...]:
@@ -128,27 +171,33 @@ class IdentityError(errors.ExportError, ValueError):
 
 
 # How each field of PublishedModel is written to a manifest's "identity" and read back. A new
-# field of the identity (say, precision) is one more entry here.
+# field of the identity is one more entry here.
 _IDENTITY_CODECS: Dict[str, Tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "variant": (lambda variant: variant.name, variants_lib.get),
     "output": (lambda output: output.key, get_output),
     "input_size": (list, lambda values: tuple(int(v) for v in values)),
+    "precision": (lambda precision: precision.key, get_precision),
 }
+# What a record written before a field existed meant by leaving it out.
+_IDENTITY_DEFAULTS: Dict[str, Any] = {"precision": DEFAULT_PRECISION}
 
 
 def identity(model: PublishedModel) -> Dict[str, Any]:
-  """The JSON-ready fields that make `model` what it is (variant, output, input size)."""
+  """The JSON-ready fields that make `model` what it is (variant, output, input size,
+  precision)."""
   return {field: encode(getattr(model, field))
           for field, (encode, _) in _IDENTITY_CODECS.items()}
 
 
 def from_identity(record: Dict[str, Any]) -> PublishedModel:
-  """The PublishedModel an `identity(...)` record describes.
+  """The PublishedModel an `identity(...)` record describes; a record without "precision" (written
+  before models had one) is a float32 model.
 
   Raises:
     IdentityError: a field is missing or names nothing registered.
   """
   try:
+    record = {**_IDENTITY_DEFAULTS, **record}
     return PublishedModel(**{field: decode(record[field])
                              for field, (_, decode) in _IDENTITY_CODECS.items()})
   except (KeyError, TypeError, ValueError) as error:

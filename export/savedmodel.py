@@ -1,5 +1,7 @@
-"""Building the SavedModel root of one published model (variant, output, input size) from its
-official checkpoint; export/pipeline.py saves, verifies, packages and publishes it."""
+"""Building the SavedModel root of one published model (variant, output, input size, precision)
+from its official checkpoint; export/pipeline.py saves, verifies, packages and publishes it."""
+
+import tensorflow as tf
 
 from export import published_models
 from hub_models import checkpoint
@@ -14,15 +16,17 @@ def build_model(model: published_models.PublishedModel,
   """Reads an official checkpoint (never executing its pickle) into the SavedModel root of `model`.
 
   The classification head is converted too when the output keeps it; otherwise its weights may
-  be in the checkpoint and are left out.
+  be in the checkpoint and are left out. The root computes in `model.precision`'s dtype; its
+  variables are float32 in every precision.
   """
   variant = model.variant
+  compute_dtype = tf.as_dtype(model.precision.compute_dtype)
   state = conversion.canonical_state_dict(checkpoint.load(checkpoint_path))
-  backbone = VideoSwinBackbone(variant.architecture)
+  backbone = VideoSwinBackbone(variant.architecture, compute_dtype=compute_dtype)
   head, extra = None, {}
   if model.output.keeps_head:
     head = ClassificationHead(variant.architecture.num_features, variant.num_classes,
-                              name="cls_head")
+                              compute_dtype=compute_dtype, name="cls_head")
     extra["head"] = head
   conversion.load_weights(state, variant, backbone, head)
   return getattr(hub_module, model.output.module)(backbone, input_size=model.input_size, **extra)

@@ -15,10 +15,14 @@ class WindowAttention(tf.Module):
   The bias table is sized from the CONFIGURED window, `(2Wd-1)(2Wh-1)(2Ww-1)` rows x heads, and
   indexed with the first N x N entries of the configured window's index when the window shrinks,
   exactly as the official model does, so official weights apply at every input size.
+
+  The matmuls, the logits (with bias and mask added) and the softmax are in `compute_dtype`.
   """
 
-  def __init__(self, features: int, num_heads: int, window_size: Sequence[int], name=None):
+  def __init__(self, features: int, num_heads: int, window_size: Sequence[int],
+               compute_dtype: tf.DType = tf.float32, name=None):
     super().__init__(name=name)
+    self.compute_dtype = compute_dtype
     self.num_heads = num_heads
     self.window_size = tuple(window_size)
     self.scale = (features // num_heads) ** -0.5
@@ -27,13 +31,15 @@ class WindowAttention(tf.Module):
     self.relative_position_bias_table = tf.Variable(
         tf.random.truncated_normal([table_rows, num_heads], stddev=0.02),
         name="relative_position_bias_table")
-    self.qkv = layers.Dense(features, 3 * features, name="qkv")
-    self.proj = layers.Dense(features, features, name="proj")
+    self.qkv = layers.Dense(features, 3 * features, compute_dtype=compute_dtype, name="qkv")
+    self.proj = layers.Dense(features, features, compute_dtype=compute_dtype, name="proj")
 
   def relative_position_bias(self, bias_index: tf.Tensor, tokens: shapes.Size) -> tf.Tensor:
-    """Bias `[heads, N, N]` float32 from the table rows `bias_index` `[N * N]` (see
+    """Bias `[heads, N, N]` in `compute_dtype` from the table rows `bias_index` `[N * N]` (see
     `windows.StageLayout`)."""
-    bias = tf.gather(self.relative_position_bias_table, bias_index)
+    # Casting the small table, not the gathered N x N bias, keeps the cast cheap.
+    table = tf.cast(self.relative_position_bias_table, self.compute_dtype)
+    bias = tf.gather(table, bias_index)
     return tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1])
 
   def __call__(self, x: tf.Tensor, bias_index: tf.Tensor,
@@ -41,18 +47,20 @@ class WindowAttention(tf.Module):
     """Attends within each window.
 
     Args:
-      x: `[B * nW, N, C]` float32 windows, batch-major.
+      x: `[B * nW, N, C]` windows in `compute_dtype`, batch-major.
       bias_index: `[N * N]` int32 rows of the bias table.
-      mask: `[nW, N, N]` float32 additive mask for shifted windows, or None.
+      mask: `[nW, N, N]` additive mask for shifted windows in `compute_dtype`, or None.
     Returns:
-      `[B * nW, N, C]` float32.
+      `[B * nW, N, C]` in `compute_dtype`.
     """
     tokens, features = shapes.sizes(x)[1], x.shape[2]
     head_dim = features // self.num_heads
     # Scaling q through the (small) weights instead of the activations saves a pass over q.
     scale = tf.concat([tf.fill([features], self.scale), tf.ones([2 * features])], 0)
-    qkv = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, features]), self.qkv.kernel * scale),
-                         self.qkv.bias * scale)
+    dtype = self.compute_dtype
+    qkv = tf.nn.bias_add(
+        tf.matmul(tf.reshape(x, [-1, features]), tf.cast(self.qkv.kernel * scale, dtype)),
+        tf.cast(self.qkv.bias * scale, dtype))
     qkv = tf.reshape(qkv, [-1, tokens, 3, self.num_heads, head_dim])
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
     attn = tf.matmul(q, k, transpose_b=True)
@@ -70,18 +78,21 @@ class SwinBlock(tf.Module):
   """x + Attn(LN(x)) over (shifted) windows, then x + MLP(LN(x)); `[B, D, H, W, C]` in and out."""
 
   def __init__(self, features: int, num_heads: int, window_size: Sequence[int], shifted: bool,
-               mlp_ratio: float, drop_path_rate: float, epsilon: float, name=None):
+               mlp_ratio: float, drop_path_rate: float, epsilon: float,
+               compute_dtype: tf.DType = tf.float32, name=None):
     super().__init__(name=name)
     self.shifted = shifted
     self.drop_path_rate = drop_path_rate
-    self.norm1 = layers.LayerNorm(features, epsilon, name="norm1")
-    self.attn = WindowAttention(features, num_heads, window_size, name="attn")
-    self.norm2 = layers.LayerNorm(features, epsilon, name="norm2")
-    self.mlp = layers.Mlp(features, int(features * mlp_ratio), name="mlp")
+    self.norm1 = layers.LayerNorm(features, epsilon, output_dtype=compute_dtype, name="norm1")
+    self.attn = WindowAttention(features, num_heads, window_size, compute_dtype, name="attn")
+    self.norm2 = layers.LayerNorm(features, epsilon, output_dtype=compute_dtype, name="norm2")
+    self.mlp = layers.Mlp(features, int(features * mlp_ratio), compute_dtype, name="mlp")
 
   def __call__(self, x: tf.Tensor, layout: windows.StageLayout,
                training: bool = False) -> tf.Tensor:
-    """`layout` is the stage's (see `windows.stage_layout`); unshifted blocks ignore its shift."""
+    """`x` is the float32 residual stream; the two branches compute in `compute_dtype` (padding,
+    rolls and window partitions move half the bytes in bfloat16) and are added back in float32.
+    `layout` is the stage's (see `windows.stage_layout`); unshifted blocks ignore its shift."""
     grid, window, padded = layout.grid, layout.window, layout.padded
     shift = layout.shift if self.shifted else (0, 0, 0)
     # With run-time sizes these are taken unconditionally: padding by 0 and rolling by 0 are exact.
@@ -101,5 +112,6 @@ class SwinBlock(tf.Module):
       y = tf.roll(y, shift=list(shift), axis=[1, 2, 3])
     if pad:
       y = y[:, :grid[0], :grid[1], :grid[2]]
-    x = x + layers.drop_path(y, self.drop_path_rate, training)
-    return x + layers.drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, training)
+    x = x + layers.drop_path(tf.cast(y, x.dtype), self.drop_path_rate, training)
+    y = tf.cast(self.mlp(self.norm2(x)), x.dtype)
+    return x + layers.drop_path(y, self.drop_path_rate, training)

@@ -15,21 +15,26 @@ class Stage(tf.Module):
   optional spatial patch merge. `[B, D, H, W, C]` -> `[B, D, H', W', C']`."""
 
   def __init__(self, features: int, depth: int, num_heads: int, arch: Architecture,
-               drop_path_rates, downsample: bool, name=None):
+               drop_path_rates, downsample: bool, compute_dtype: tf.DType = tf.float32,
+               name=None):
     super().__init__(name=name)
     self.window_size = arch.window_size
+    self.compute_dtype = compute_dtype
     self.blocks = [
         attention.SwinBlock(features, num_heads, arch.window_size, shifted=i % 2 == 1,
                             mlp_ratio=arch.mlp_ratio, drop_path_rate=drop_path_rates[i],
-                            epsilon=arch.layer_norm_epsilon, name=f"block{i}")
+                            epsilon=arch.layer_norm_epsilon, compute_dtype=compute_dtype,
+                            name=f"block{i}")
         for i in range(depth)
     ]
-    self.downsample = (layers.PatchMerging(features, arch.layer_norm_epsilon, name="downsample")
+    self.downsample = (layers.PatchMerging(features, arch.layer_norm_epsilon, compute_dtype,
+                                           name="downsample")
                        if downsample else None)
 
   def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
     half = tuple(w // 2 for w in self.window_size)
-    layout = windows.stage_layout(shapes.sizes(x)[1:4], self.window_size, half)
+    layout = windows.stage_layout(shapes.sizes(x)[1:4], self.window_size, half,
+                                  mask_dtype=self.compute_dtype)
     for block in self.blocks:
       x = block(x, layout, training=training)
     return self.downsample(x) if self.downsample is not None else x
@@ -41,20 +46,27 @@ class VideoSwinBackbone(tf.Module):
   Call with a normalised video `[B, T, H, W, 3]` float32 (any T, H, W, static or run-time; any B).
   Returns the final-norm feature map `[B, ceil(T/2), ceil(H/32), ceil(W/32), 8C]` float32 (ceil at each
   halving). `training=True` enables stochastic depth.
+
+  `compute_dtype` (float32 or bfloat16) is what the matmuls, the patch-embedding convolution, the
+  attention logits and softmax and the MLP compute in. Variables, LayerNorm statistics, the
+  residual stream between blocks and the output stay float32 whatever it is.
   """
 
-  def __init__(self, arch: Architecture, name=None):
+  def __init__(self, arch: Architecture, compute_dtype: tf.DType = tf.float32, name=None):
     super().__init__(name=name)
     self.arch = arch
+    self.compute_dtype = tf.as_dtype(compute_dtype)
     self.patch_embed = layers.PatchEmbedding(arch.patch_size, arch.embed_dim,
-                                             arch.layer_norm_epsilon, name="patch_embed")
+                                             arch.layer_norm_epsilon,
+                                             compute_dtype=self.compute_dtype, name="patch_embed")
     rates = np.linspace(0.0, arch.drop_path_rate, sum(arch.depths)).tolist()
     self.stages = []
     for i, (depth, heads) in enumerate(zip(arch.depths, arch.num_heads)):
       start = sum(arch.depths[:i])
       self.stages.append(Stage(arch.embed_dim * 2**i, depth, heads, arch,
                                rates[start:start + depth],
-                               downsample=i < len(arch.depths) - 1, name=f"stage{i}"))
+                               downsample=i < len(arch.depths) - 1,
+                               compute_dtype=self.compute_dtype, name=f"stage{i}"))
     self.norm = layers.LayerNorm(arch.num_features, arch.layer_norm_epsilon, name="norm")
 
   def __call__(self, video: tf.Tensor, training: bool = False) -> tf.Tensor:

@@ -70,9 +70,9 @@ class VideoModule(tf.Module):
   def __call__(self, video: tf.Tensor, training: bool = False) -> tf.Tensor:
     """`video` float32, bfloat16 or float16 `[B, 3, T, H, W]` -> the output in the same dtype.
 
-    Whatever the input dtype, the model computes in float32 (the variables' dtype): a reduced
-    precision input is cast up and the output cast back, to the dtype Keras layers return under a
-    mixed-precision policy.
+    Whatever the input dtype, the model computes in its backbone's `compute_dtype` from a float32
+    input (a reduced precision input is cast up) and returns float32, which is cast to the input's
+    dtype: the dtype Keras layers return under a mixed-precision policy.
     """
     video_float32 = tf.cast(video, tf.float32)
     if video.shape[2:].is_fully_defined():
@@ -90,8 +90,9 @@ class VideoModule(tf.Module):
 
   @tf.function
   def _call_float32(self, video: tf.Tensor, training: bool) -> tf.Tensor:
-    # Its own tf.function so that the traces for each input dtype call one float32 graph per clip
-    # shape instead of each holding a copy of it.
+    # Its own tf.function so that the traces for each input dtype call one graph per clip shape
+    # (float32 in and out, computing in the backbone's compute dtype) instead of each holding a
+    # copy of it.
     mean = tf.constant([m / 255.0 for m in RGB_MEAN], shape=[1, 3, 1, 1, 1])
     std = tf.constant([s / 255.0 for s in RGB_STD], shape=[1, 3, 1, 1, 1])
     x = tf.transpose((video - mean) / std, [0, 2, 3, 4, 1])

@@ -93,8 +93,9 @@ def _region_labels(size: int, window: int, shift: int) -> tf.Tensor:
   return labels if isinstance(shift, int) else tf.where(tf.equal(shift, 0), 2, labels)
 
 
-def shift_mask(grid: Size3, window: Size3, shift: Size3) -> Optional[tf.Tensor]:
-  """Additive mask `[nW, N, N]` float32 for shifted windows over the padded `grid`, or None.
+def shift_mask(grid: Size3, window: Size3, shift: Size3,
+               dtype: tf.DType = tf.float32) -> Optional[tf.Tensor]:
+  """Additive mask `[nW, N, N]` of `dtype` for shifted windows over the padded `grid`, or None.
 
   Tokens that came from different regions of the rolled grid get -100 (not -inf, as the official
   model), others 0. Returns None when no axis is shifted; run-time shifts that are all 0 give an
@@ -107,7 +108,7 @@ def shift_mask(grid: Size3, window: Size3, shift: Size3) -> Optional[tf.Tensor]:
   labels = tf.reshape(labels, [1, *grid, 1])
   labels = tf.squeeze(partition(labels, window), -1)
   different = tf.not_equal(labels[:, :, None], labels[:, None, :])
-  return tf.where(different, tf.constant(-100.0), tf.constant(0.0))
+  return tf.where(different, tf.constant(-100.0, dtype), tf.constant(0.0, dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,8 @@ class StageLayout:
     window: the effective window (shrunk to the grid where the grid is not larger).
     shift: the effective shift of the stage's shifted blocks (unshifted blocks use 0).
     padded: the grid rounded up to multiples of `window`.
-    mask: `[nW, N, N]` float32 additive mask for the shifted blocks, or None.
+    mask: `[nW, N, N]` additive mask for the shifted blocks, in the attention logits' dtype, or
+      None.
     bias_index: `[N * N]` int32 rows of the configured window's bias table for a window of
       N = prod(window) tokens.
   """
@@ -133,11 +135,14 @@ class StageLayout:
   bias_index: tf.Tensor
 
 
-def stage_layout(grid: Size3, window: Sequence[int], shift: Sequence[int]) -> StageLayout:
-  """The layout of a stage with token `grid` and the configured `window` and half-window `shift`."""
+def stage_layout(grid: Size3, window: Sequence[int], shift: Sequence[int],
+                 mask_dtype: tf.DType = tf.float32) -> StageLayout:
+  """The layout of a stage with token `grid` and the configured `window` and half-window `shift`;
+  the mask is built in `mask_dtype` (the attention logits' dtype), once for the stage's blocks."""
   effective, effective_shift = effective_window(grid, window, shift)
   padded = padded_grid(grid, effective)
   tokens = effective[0] * effective[1] * effective[2]
   index = relative_position_index(window)[:tokens, :tokens]
   return StageLayout(grid, effective, effective_shift, padded,
-                     shift_mask(padded, effective, effective_shift), tf.reshape(index, [-1]))
+                     shift_mask(padded, effective, effective_shift, mask_dtype),
+                     tf.reshape(index, [-1]))

@@ -21,10 +21,15 @@ def test_names_add_a_suffix_only_when_not_the_default():
           == f"{TINY.name}_classification")
   assert (published_models.PublishedModel(TINY, OUTPUTS["feature_map"], (16, 160, 160)).name
           == f"{TINY.name}_feature_map_16x160x160")
-  names = {published_models.PublishedModel(v, o, size).name
+  assert (published_models.PublishedModel(TINY, OUTPUTS["feature_map"], (16, 160, 160),
+                                          published_models.PRECISIONS["bfloat16"]).name
+          == f"{TINY.name}_feature_map_bf16_16x160x160")
+  names = {published_models.PublishedModel(v, o, size, p).name
            for v in variants.VARIANTS.values() for o in OUTPUTS.values()
-           for size in [(32, 224, 224), (16, 224, 224)]}
-  assert len(names) == len(variants.VARIANTS) * len(OUTPUTS) * 2
+           for size in [(32, 224, 224), (16, 224, 224)]
+           for p in published_models.PRECISIONS.values()}
+  assert len(names) == (len(variants.VARIANTS) * len(OUTPUTS) * 2
+                        * len(published_models.PRECISIONS))
 
 
 def test_full_size_shapes():
@@ -42,6 +47,12 @@ def test_full_size_shapes():
 def test_bad_input_sizes_are_refused(values, message):
   with pytest.raises(published_models.InputSizeError, match=message):
     published_models.parse_input_size(values)
+
+
+def test_unknown_precision_lists_the_valid_ones():
+  with pytest.raises(published_models.UnknownPrecisionError,
+                     match="^unknown precision 'float16'; valid precisions: float32, bfloat16$"):
+    published_models.get_precision("float16")
 
 
 def test_unknown_output_lists_the_valid_ones():
@@ -76,7 +87,8 @@ def test_feature_map_mean_is_the_pooled_feature():
 def test_identity_round_trips_and_refuses_unknown_names():
   model = published_models.PublishedModel(TINY, OUTPUTS["logits"], (16, 160, 160))
   record = published_models.identity(model)
-  assert record == {"variant": TINY.name, "output": "logits", "input_size": [16, 160, 160]}
+  assert record == {"variant": TINY.name, "output": "logits", "input_size": [16, 160, 160],
+                    "precision": "float32"}
   assert published_models.from_identity(record) == model
   with pytest.raises(published_models.IdentityError, match="swin_huge"):
     published_models.from_identity(dict(record, variant="swin_huge"))

@@ -205,6 +205,8 @@ def variation_card(entry: PublishedVersion) -> VariationCard:
       f"Reported accuracy of the original checkpoint on {variant.finetune_dataset.name}: top-1 "
       f"{variant.top1}%, top-5 {variant.top5}% ({variant.eval_views}).",
       "",
+      *([f"Precision: {tfhub.precision_text(model)}", ""]
+        if model.precision.key != published_models.DEFAULT_PRECISION else []),
       "## Input",
       "",
       *_input_lines(model),

@@ -97,6 +97,25 @@ def frame_sampling(variant: variants_lib.Variant, frames: int) -> str:
   return f"{frames} frames, sampled the way the {dataset} fine-tuning data was sampled"
 
 
+# What the docs add for a precision other than float32: how far its output is from float32's
+# (measured by tests/test_bfloat16.py against torchvision in float32) and what the archive holds.
+_PRECISION_NOTES = {
+    "bfloat16": "Its output is within about 5e-3 relative error (Frobenius) of the float32 "
+                "model's (tested below 1e-2 against the float32 reference for every collection "
+                "architecture). The archive holds float32 variables: fine-tuning trains them in "
+                "float32, through bfloat16 matmuls.",
+}
+
+
+def precision_text(model: PublishedModel) -> str:
+  """What the model computes in, what its archive holds and how that affects its output."""
+  note = _PRECISION_NOTES.get(model.precision.key)
+  return " ".join([
+      f"dtypes are fixed at export: the model {model.precision.summary} and a Keras "
+      "mixed-precision policy does not reach inside it. Feed float32 input.",
+      *([note] if note else [])])
+
+
 def _datasets_with_ids(variant: variants_lib.Variant) -> List[str]:
   """tfhub.dev dataset ids of the pretraining and fine-tuning data, skipping datasets without."""
   ids = [d.tfhub_id for d in (variant.pretrain_dataset, variant.finetune_dataset) if d.tfhub_id]
@@ -185,7 +204,10 @@ def output_text(model: PublishedModel, archive: str) -> Dict[str, object]:
                   "pooled-feature model and add a new head.",
       },
   }
-  return texts[model.output.key]
+  text = texts[model.output.key]
+  if model.precision.key != published_models.DEFAULT_PRECISION:
+    text["description"] += f" Computes in {model.precision.compute_dtype}."
+  return text
 
 
 def tf_keras_snippet(model: PublishedModel, text: Dict[str, object]) -> List[str]:
@@ -295,8 +317,7 @@ def model_doc(model: PublishedModel, version: int, publisher: str, asset_base_ur
       f"- {text['head']}",
       "- Use a lower learning rate for the backbone than for a new, randomly initialised head; "
       "the paper fine-tunes the backbone with a 10x smaller learning rate than the head.",
-      "- dtypes are fixed at export: the model computes in float32 and a Keras mixed-precision "
-      "policy does not reach inside it. Feed float32 input.",
+      f"- {precision_text(model)}",
       "- The backbone uses LayerNorm only (no batch normalisation), so small batches are fine.",
       "",
       "## Accuracy",
