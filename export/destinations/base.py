@@ -106,6 +106,9 @@ class DestinationOptions:
   # Where no lock can prove a publisher gone (object stores), its claim and staging count as
   # abandoned only when older than this.
   stale_after_s: float = 24 * 3600.0
+  # Object stores: a commit (the swap into place, which only copies) renews its claim at every
+  # step; one not renewed for this long is a dead run's, which the next run rolls forward.
+  commit_lease_s: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)

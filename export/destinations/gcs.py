@@ -16,21 +16,28 @@ exactly one wins; the others get HTTP 412 and end with one error line. The claim
 multipart upload, the kind of request an emulator (fake-gcs-server) and GCS both check.
 
 A commit: upload everything to staging, compare each object's size and MD5 (or CRC32C; no hash
-from the server is a failure), record "committing" with the staging prefix in the claim, delete
-the old completion object, copy the new objects into place (the manifest last), delete objects of
-the old version that the new one does not have, mark the claim "done", delete staging. A failure
-before "committing" leaves the old version untouched. A failure after it is rolled back: the old
-objects, copied aside before anything changed, are put back (every restore is tried; the first
-error is reported). A killed run's claim stays "building" or "committing"; once older than
-`stale_after_s` it counts as abandoned: "committing" is rolled forward from its staging (the
-version then is the complete new one), "building" only has its staging deleted.
+from the server is a failure), copy the old version's objects aside, record "committing" (the
+staging prefix, where each object goes, a lease) in the claim, then swap: delete the old
+completion object, copy the new objects into place (the manifest last), delete objects of the old
+version that the new one does not have, mark the claim "done", delete staging. Until "committing"
+the old version is untouched and readable. The committer renews its claim (with its generation
+precondition) before every step of the swap; a "committing" claim not renewed within its lease
+(`commit_lease_s`, a minute) belongs to a dead run, and the next run's `begin`, the stale-staging
+sweep or a listing rolls it forward from staging, whatever `stale_after_s` is: the staged version
+is complete and verified, and rolling forward is idempotent. A run that finds a live
+"committing" claim waits for it to end (or its lease to run out). A committer whose renewal fails
+(its lease ran out and another run took over) stops at once. A failure the committer sees during
+the swap is rolled back: the old objects, copied aside before anything changed, are put back
+(every restore is tried; the first error is reported). A killed run's "building" claim counts as
+abandoned once older than `stale_after_s`: only its staging is deleted. What the lease assumes:
+no single storage call of a live committer outlasts it (a process frozen for longer between a
+renewal and its next call could still make that one call).
 
 `STORAGE_EMULATOR_HOST=http://HOST:PORT` points gcsfs at a local emulator with anonymous access;
 otherwise gcsfs finds Google credentials the usual way.
 """
 
 import base64
-import datetime
 import hashlib
 import json
 import os
@@ -64,7 +71,8 @@ _BOUNDARY = "==claim=="
 
 
 def from_url(output_dir: str, options: base.DestinationOptions) -> "GcsDestination":
-  return GcsDestination(output_dir, stale_after_s=options.stale_after_s)
+  return GcsDestination(output_dir, stale_after_s=options.stale_after_s,
+                        commit_lease_s=options.commit_lease_s)
 
 
 def filesystem() -> gcsfs.GCSFileSystem:
@@ -102,25 +110,42 @@ class _ClaimLost(base.PublishError):
   """The claim's generation changed under its owner: another publisher took the version."""
 
 
-class GcsTransaction(base.Transaction):
-  """Owns one version's claim (at `generation`); builds in a local temporary `work_dir`."""
+# Claim states in which a run owns the version ("done" and "free" let anyone take it).
+_BUILDING, _COMMITTING = "building", "committing"
 
-  def __init__(self, destination: "GcsDestination", version: base.VersionId, generation: int,
-               overwrite: bool):
+
+class _Hold:
+  """A version's claim as this run last wrote it; every write names the generation it read."""
+
+  def __init__(self, destination: "GcsDestination", version: base.VersionId, generation: int):
+    self.destination = destination
+    self.version = version
+    self.generation = generation
+    self.content: Dict[str, Any] = {}
+
+  def write(self, **content) -> None:
+    """Raises _ClaimLost when someone else wrote the claim since."""
+    self.generation = self.destination.write_claim(self.version, self.generation, content)
+    self.content = content
+
+  def renew(self) -> None:
+    """Rewrites the same content: proves this run alive (a fresh time) and still the owner."""
+    self.write(**self.content)
+
+
+class GcsTransaction(base.Transaction):
+  """Owns one version's claim (`hold`), which names `staging`, the prefix it uploads to; builds
+  in a local temporary `work_dir`."""
+
+  def __init__(self, destination: "GcsDestination", hold: _Hold, staging: str):
     self._destination = destination
-    self._version = version
-    self._generation: Optional[int] = generation
-    self._overwrite = overwrite
-    self._run = uuid.uuid4().hex[:12]
-    self.staging = destination.url(f"{STAGING_PREFIX}/{version.name}-{version.version}-{self._run}")
+    self._version = hold.version
+    self._hold: Optional[_Hold] = hold
+    self.staging = staging
     self.work_dir = tempfile.mkdtemp(prefix="video-swin-gcs-")
 
-  def _claim(self, state: str, **fields) -> None:
-    self._generation = self._destination.write_claim(
-        self._version, self._generation, {"state": state, "staging": self.staging, **fields})
-
   def commit(self, built: base.BuiltVersion) -> str:
-    d = self._destination
+    d, hold = self._destination, self._hold
     savedmodel_url, archive_url, manifest_url = d.version_urls(self._version)
     # (local file, final URL): the SavedModel, then the archive, the manifest last.
     members = [(os.path.join(built.savedmodel_dir, *rel.split("/")), f"{savedmodel_url}/{rel}")
@@ -136,30 +161,34 @@ class GcsTransaction(base.Transaction):
     kept = [(url, f"{self.staging}/old/{index:05d}") for index, url in enumerate(old)]
     for url, aside in kept:
       d.call(f"copying {url} aside", d.fs.copy, url, aside)
-    self._claim("committing", places=places, old=kept)
+    hold.write(state=_COMMITTING, staging=self.staging, places=places, old=kept,
+               lease_s=d.commit_lease_s)
     try:
-      d.roll_forward(places, old)
-    except BaseException as error:
-      d.roll_back(places, kept, error)
-      self._claim("done" if kept else "free")
+      d.roll_forward(places, old, hold.renew)
+    except _ClaimLost:
+      self._hold = None  # the run that took the version over finishes this commit
       raise
-    self._claim("done")
+    except BaseException as error:
+      try:
+        d.roll_back(places, kept, error, hold.renew)
+        hold.write(state="done" if kept else "free", staging=self.staging)
+      except _ClaimLost:
+        self._hold = None
+      raise
+    hold.write(state="done", staging=self.staging)
     return d.handle(self._version)
 
   def abort(self) -> None:
     shutil.rmtree(self.work_dir, ignore_errors=True)
-    if self._generation is None:
+    hold, self._hold = self._hold, None
+    # "committing" here means the swap was interrupted by something the commit could not handle:
+    # the staging stays for whoever rolls it forward once the lease runs out.
+    if hold is None or hold.content.get("state") == _COMMITTING:
       return
-    d = self._destination
-    d.remove_quietly(self.staging)
     try:
-      state = d.read_claim(self._version)
-      if state and state[0].get("state") in ("building", "committing") \
-          and state[1] == self._generation:
-        self._claim("done" if d.is_published(self._version) else "free")
+      self._destination.release(hold, self.staging)
     except base.PublishError:
-      pass  # an abandoned claim is taken over once stale
-    self._generation = None
+      pass  # a claim left "building" is taken over once stale
 
 
 class GcsDestination(base.Destination):
@@ -168,20 +197,23 @@ class GcsDestination(base.Destination):
   Args:
     root: `gs://bucket[/prefix]`.
     fs: the gcsfs file system (default: `filesystem()`).
-    stale_after_s: claims of unfinished publishes older than this are abandoned.
+    stale_after_s: "building" claims older than this are abandoned.
+    commit_lease_s: how long a "committing" claim stays its writer's without a renewal.
     attempts: tries per storage call on transient errors.
     backoff_s: wait before the second try; doubles after each failed try.
-    sleep: how to wait (tests pass a no-op).
+    sleep: how to wait between tries (tests pass a no-op).
   """
 
   def __init__(self, root: str, fs: Optional[gcsfs.GCSFileSystem] = None,
-               stale_after_s: float = base.DestinationOptions.stale_after_s, attempts: int = 5,
+               stale_after_s: float = base.DestinationOptions.stale_after_s,
+               commit_lease_s: float = base.DestinationOptions.commit_lease_s, attempts: int = 5,
                backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep):
     if not root.startswith(SCHEME) or not root[len(SCHEME):].strip("/"):
       raise base.PublishError(f"{root!r} is not a gs://bucket[/prefix] path")
     self.root = root.rstrip("/")
     self.fs = fs if fs is not None else filesystem()
     self.stale_after_s = stale_after_s
+    self.commit_lease_s = commit_lease_s
     self.attempts = attempts
     self.backoff_s = backoff_s
     self.sleep = sleep
@@ -223,6 +255,18 @@ class GcsDestination(base.Destination):
         self.fs.rm(url, recursive=True)
     except Exception:  # pylint: disable=broad-except
       pass
+
+  def delete(self, url: str) -> None:
+    """Deletes the object `url` if it exists; raises PublishError if that fails."""
+
+    def delete_if_present():
+      try:
+        self.fs.rm_file(url)
+      except FileNotFoundError:
+        pass  # already gone: repeating a roll-forward finds what it deleted before
+
+    self.call(f"removing {url}", delete_if_present)
+    self.fs.invalidate_cache()
 
   def check_upload(self, local: str, url: str) -> None:
     """Raises PublishError unless `url` has `local`'s size and MD5 (or CRC32C)."""
@@ -284,8 +328,21 @@ class GcsDestination(base.Destination):
       raise _ClaimLost(f"{version} was claimed by another publisher ({url})") from None
     return int(answer["generation"])
 
-  def _is_stale(self, claim: Dict[str, Any]) -> bool:
-    return _now() - float(claim.get("time", 0)) > self.stale_after_s
+  def _age(self, claim: Dict[str, Any]) -> float:
+    return _now() - float(claim.get("time", 0))
+
+  def _lease_left(self, claim: Dict[str, Any]) -> float:
+    """Seconds until a "committing" claim's lease runs out (<= 0: its writer is gone)."""
+    return float(claim.get("lease_s", self.commit_lease_s)) - self._age(claim)
+
+  def _needs_recovery(self, claim: Dict[str, Any]) -> bool:
+    """Whether the claim is abandoned work or holds leftover staging that anyone may finish."""
+    state = claim.get("state")
+    if state == _COMMITTING:
+      return self._lease_left(claim) <= 0
+    if state == _BUILDING:
+      return self._age(claim) > self.stale_after_s
+    return bool(claim.get("staging"))
 
   # The version's objects.
 
@@ -306,32 +363,73 @@ class GcsDestination(base.Destination):
     return ([url for url in (manifest, archive) if self._exists(url)]
             + self._objects(savedmodel + "/"))
 
-  def roll_forward(self, places: Sequence[Sequence[str]], old: Sequence[str]) -> None:
+  def roll_forward(self, places: Sequence[Sequence[str]], old: Sequence[str],
+                   renew: Callable[[], None]) -> None:
     """Puts the staged objects in place, the manifest (last of `places`) last; then deletes the
-    objects of `old` that the new version does not have. Safe to repeat."""
+    objects of `old` that the new version does not have. Calls `renew` before every step (it
+    raises _ClaimLost when the claim was taken over). Safe to repeat."""
     manifest = places[-1][1]
-    self.remove_quietly(manifest)
+    renew()
+    self.delete(manifest)
     for staged, final in places:
+      renew()
       self.call(f"copying {staged} to {final}", self.fs.copy, staged, final)
     new = {final for _, final in places}
     for url in old:
       if url not in new:
-        self.call(f"removing {url}", self.fs.rm, url)
+        renew()
+        self.delete(url)
 
   def roll_back(self, places: Sequence[Sequence[str]], kept: Sequence[Tuple[str, str]],
-                error: BaseException) -> None:
+                error: BaseException, renew: Callable[[], None]) -> None:
     """Deletes what `places` put in place and restores `kept` (original, aside) manifest last;
-    tries every restore and adds their failures to `error`'s notes."""
+    tries every restore and adds their failures to `error`'s notes. `renew` as in roll_forward."""
+    renew()
     self.remove_quietly(places[-1][1])
     restored = {original for original, _ in kept}
     for _, final in places:
       if final not in restored:
         self.remove_quietly(final)
     for original, aside in list(kept[1:]) + list(kept[:1]):
+      renew()
       try:
         self.call(f"restoring {original}", self.fs.copy, aside, original)
       except Exception as restore_error:  # pylint: disable=broad-except
         error.add_note(f"also: {restore_error}")
+
+  def release(self, hold: _Hold, staging: Optional[str]) -> None:
+    """Marks the held version "done" (published) or "free", then deletes `staging`. The claim
+    names the staging until it is gone, so a run killed in between leaves it to the next sweep.
+
+    Raises:
+      _ClaimLost: someone else wrote the claim since `hold` last did.
+    """
+    state = "done" if self.is_published(hold.version) else "free"
+    if staging:
+      if hold.content != {"state": state, "staging": staging}:
+        hold.write(state=state, staging=staging)
+      self.remove_quietly(staging)
+    hold.write(state=state, staging=None)
+
+  def _recover(self, version: base.VersionId, claim: Dict[str, Any], generation: int,
+               progress: base.Progress) -> _Hold:
+    """Takes over a claim that `_needs_recovery` and finishes it: rolls an abandoned commit
+    forward, then deletes the staging. Returns the hold on the claim.
+
+    Raises:
+      _ClaimLost: another run took the claim first (it does the recovery).
+    """
+    hold = _Hold(self, version, generation)
+    staging = claim.get("staging")
+    if claim.get("state") == _COMMITTING:
+      # Taking the claim (as "committing", with this run's lease) makes this run the only
+      # finisher; if it dies too, the next one takes over in turn.
+      hold.write(state=_COMMITTING, staging=staging, places=claim["places"],
+                 old=claim.get("old", []), lease_s=self.commit_lease_s)
+      self.roll_forward(claim["places"], [url for url, _ in claim.get("old", [])], hold.renew)
+      progress(f"finished the interrupted publish of {version} from {staging}")
+    self.release(hold, staging)
+    return hold
 
   # base.Destination.
 
@@ -354,26 +452,28 @@ class GcsDestination(base.Destination):
             "(use --overwrite)")
 
   def begin(self, version: base.VersionId, overwrite: bool) -> GcsTransaction:
-    found = self.read_claim(version)
-    generation = 0
-    if found:
-      claim, generation = found
-      if claim.get("state") in ("building", "committing"):
-        if not self._is_stale(claim):
-          raise base.VersionBusyError(
-              f"{version} is being published by {claim.get('owner')} "
-              f"({self._claim_url(version)}); try again later")
-        self._recover(version, claim)
-    try:
-      generation = self.write_claim(version, generation,
-                                    {"state": "building", "staging": None})
-    except _ClaimLost:
+    # Named in the claim from the start, so that a sweep finds what a killed upload left.
+    run = uuid.uuid4().hex[:12]
+    staging = self.url(f"{STAGING_PREFIX}/{version.name}-{version.version}-{run}")
+    while True:
       found = self.read_claim(version)
-      owner = found[0].get("owner") if found else "another publisher"
-      raise base.VersionBusyError(
-          f"{version} is being published by {owner} ({self._claim_url(version)}); "
-          "try again later") from None
-    transaction = GcsTransaction(self, version, generation, overwrite)
+      claim, generation = found if found else ({}, 0)
+      if claim.get("state") == _COMMITTING and self._lease_left(claim) > 0:
+        # A live commit ends soon (it only copies); a dead one's lease runs out.
+        time.sleep(min(1.0, self._lease_left(claim)))
+        continue
+      if claim.get("state") == _BUILDING and not self._needs_recovery(claim):
+        raise self._busy(version, claim)
+      try:
+        if self._needs_recovery(claim):
+          generation = self._recover(version, claim, generation, lambda _: None).generation
+        hold = _Hold(self, version, generation)
+        hold.write(state=_BUILDING, staging=staging)
+      except _ClaimLost:
+        found = self.read_claim(version)
+        raise self._busy(version, found[0] if found else {}) from None
+      break
+    transaction = GcsTransaction(self, hold, staging)
     if not overwrite and self.is_published(version):
       transaction.abort()
       raise base.AlreadyPublishedError(
@@ -381,14 +481,10 @@ class GcsDestination(base.Destination):
           "(use --overwrite)")
     return transaction
 
-  def _recover(self, version: base.VersionId, claim: Dict[str, Any],
-               progress: base.Progress = lambda _: None) -> None:
-    """Finishes an abandoned "committing" claim (roll forward) and deletes its staging."""
-    if claim.get("state") == "committing":
-      self.roll_forward(claim["places"], [url for url, _ in claim.get("old", [])])
-      progress(f"finished the interrupted publish of {version} from {claim['staging']}")
-    if claim.get("staging"):
-      self.remove_quietly(claim["staging"])
+  def _busy(self, version: base.VersionId, claim: Dict[str, Any]) -> base.VersionBusyError:
+    return base.VersionBusyError(
+        f"{version} is being published by {claim.get('owner', 'another publisher')} "
+        f"({self._claim_url(version)}); try again later")
 
   def remove_stale_staging(self, progress: base.Progress = lambda _: None) -> List[str]:
     removed = []
@@ -400,26 +496,20 @@ class GcsDestination(base.Destination):
         continue
       version = base.VersionId(name, int(file_name[:-5]))
       found = self.read_claim(version)
-      if not found or found[0].get("state") not in ("building", "committing") \
-          or not self._is_stale(found[0]):
+      if not found or not self._needs_recovery(found[0]):
         continue
       claim, generation = found
       try:
-        # Take the claim first, so that only one sweeper recovers it.
-        generation = self.write_claim(version, generation, {"state": "recovering",
-                                                            "staging": claim.get("staging")})
+        self._recover(version, claim, generation, progress)
       except _ClaimLost:
-        continue
-      self._recover(version, claim, progress)
-      self.write_claim(version, generation,
-                       {"state": "done" if self.is_published(version) else "free",
-                        "staging": None})
+        continue  # another run recovers it
       if claim.get("staging"):
         progress(f"removed {claim['staging']}, left by an interrupted export")
         removed.append(claim["staging"])
     return removed
 
   def published(self) -> List[base.Manifest]:
+    self.remove_stale_staging()  # rolls forward commits whose writer died, so they are listed
     manifests = []
     for url in self._objects(self.root + "/"):
       relative = url[len(self.root) + 1:]
