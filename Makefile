@@ -25,4 +25,4 @@ export: $(VENV)/.runtime
 	  $(if $(VARIANTS),--variants=$(VARIANTS)) $(if $(CHECKPOINT_DIR),--checkpoint_dir=$(CHECKPOINT_DIR))
 
 test: $(VENV)/.test
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q --durations=25 tests
