@@ -25,4 +25,4 @@ export: $(VENV)/.runtime
 	  $(if $(VARIANTS),--variants=$(VARIANTS)) $(if $(CHECKPOINT_DIR),--checkpoint_dir=$(CHECKPOINT_DIR))
 
 test: $(VENV)/.test
-	$(VENV)/bin/python -m pytest -q --durations=25 tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 tests

@@ -108,6 +108,9 @@ class KaggleState:
     # While > 0, each upload PUT with data stores half of it and then drops the connection.
     self.upload_faults = 0
     self.upload_puts = 0
+    # When set, each CreateModelInstanceVersion call waits here first: several publishers that
+    # all passed their "next version" check then create at once, as in the worst real race.
+    self.version_barrier: Optional[threading.Barrier] = None
     self._ids = itertools.count(1)
 
   def reset(self) -> None:
@@ -118,6 +121,7 @@ class KaggleState:
       self.refused_calls = 0
       self.upload_faults = 0
       self.upload_puts = 0
+      self.version_barrier = None
 
   def calls_to(self, method: str) -> List[dict]:
     with self.lock:
@@ -251,6 +255,13 @@ class KaggleState:
             "url": f"/models/{body['ownerSlug']}/{body['modelSlug']}/{instance.framework}/"
                    f"{instance.slug}/{number}"}
 
+  def delete_model_instance_version(self, user: str, body: dict) -> dict:
+    del user
+    instance = self._instance_or_404(body)
+    version = self._version_or_404(body)
+    instance.versions.remove(version)
+    return {}
+
   def update_model_instance(self, user: str, body: dict) -> dict:
     del user
     instance = self._instance_or_404(body)
@@ -283,6 +294,7 @@ class KaggleState:
       "models.ModelApiService/CreateModelInstance": create_model_instance,
       "models.ModelApiService/CreateModelInstanceVersion": create_model_instance_version,
       "models.ModelApiService/UpdateModelInstance": update_model_instance,
+      "models.ModelApiService/DeleteModelInstanceVersion": delete_model_instance_version,
       "models.ModelApiService/ListModelInstanceVersionFiles": list_model_instance_version_files,
   }
 
@@ -380,6 +392,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       if method == "DownloadModelInstanceVersion":
         self._send(200, self.state.version_file(request), "application/octet-stream")
         return
+      barrier = self.state.version_barrier
+      if method == "CreateModelInstanceVersion" and barrier is not None:
+        barrier.wait(timeout=120)
       with self.state.lock:
         self.state.calls.append((method, request))
         response = KaggleState.METHODS[match.group(1)](self.state, user, request)

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
+import torch
 
 import torch_reference
 from conftest import normalise, relative_error, small_variant
@@ -49,13 +50,17 @@ for _variant in variants.collection():
   ARCHITECTURES.setdefault(inference_architecture(_variant), _variant)
 
 
-def export_bf16(folder, variant, output_key, input_size, seed):
-  """(torchvision reference, loaded `serving_default`) of `variant` exported in bfloat16."""
-  reference = torch_reference.reference_model(variant.architecture, variant.num_classes, seed)
+def export_bf16(folder, variant, output_key, input_size, reference):
+  """The loaded `serving_default` of `variant` with `reference`'s weights, exported in bfloat16."""
   torch_reference.save_official(reference, folder / "reference.pth")
   model = published_models.PublishedModel(variant, OUTPUTS[output_key], input_size, BFLOAT16)
   savedmodel.build_model(model, str(folder / "reference.pth")).save(str(folder / "model"))
-  return reference, tf.saved_model.load(str(folder / "model")).signatures["serving_default"]
+  return tf.saved_model.load(str(folder / "model")).signatures["serving_default"]
+
+
+def random_reference(variant, seed):
+  """torchvision's float32 model of `variant` with random weights."""
+  return torch_reference.reference_model(variant.architecture, variant.num_classes, seed)
 
 
 def pooled_error(reference, serving, video01):
@@ -76,7 +81,8 @@ def test_the_tested_architectures_cover_the_collection():
 
 @pytest.mark.parametrize("variant", list(ARCHITECTURES.values()), ids=lambda v: v.name)
 def test_pooled_features_match_float32_reference(tmp_path, variant):
-  reference, serving = export_bf16(tmp_path, variant, "features", SMALL_SIZE, seed=11)
+  reference = random_reference(variant, seed=11)
+  serving = export_bf16(tmp_path, variant, "features", SMALL_SIZE, reference)
   video = np.random.RandomState(12).rand(1, 3, *SMALL_SIZE).astype(np.float32)
   error = pooled_error(reference, serving, video)
   print(f"{variant.name} bfloat16 {SMALL_SIZE}: relative error {error:.2e}")
@@ -86,7 +92,8 @@ def test_pooled_features_match_float32_reference(tmp_path, variant):
 @pytest.mark.full_size
 def test_swin_tiny_at_full_size_matches_float32_reference(tmp_path):
   variant = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
-  reference, serving = export_bf16(tmp_path, variant, "features", (32, 224, 224), seed=13)
+  reference = random_reference(variant, seed=13)
+  serving = export_bf16(tmp_path, variant, "features", (32, 224, 224), reference)
   video = np.random.RandomState(14).rand(1, 3, 32, 224, 224).astype(np.float32)
   error = pooled_error(reference, serving, video)
   print(f"{variant.name} bfloat16 32x224x224: relative error {error:.2e}")
@@ -96,21 +103,34 @@ def test_swin_tiny_at_full_size_matches_float32_reference(tmp_path):
 def test_classifier_logits_agree_in_top1(tmp_path):
   variant = small_variant(num_classes=10)
   size = (8, 64, 64)
-  reference, serving = export_bf16(tmp_path, variant, "logits", size, seed=15)
   video = np.random.RandomState(16).rand(6, 3, *size).astype(np.float32)
-  got = serving(video=tf.constant(video))["logits"].numpy()
+  reference = torch_reference.reference_model(variant.architecture, variant.num_classes, seed=15)
+  # Random weights give every random clip the same class (their pooled features share one large
+  # component). A head whose first rows are the clips' own centred features, unit length, with the
+  # shared component taken out by the bias, gives clip i class i (Cauchy-Schwarz), so agreeing in
+  # top-1 needs bfloat16 to keep what tells the clips apart.
+  features = torch.from_numpy(torch_reference.reference_outputs(reference, normalise(video))[0])
+  mean = features.mean(0)
+  rows = (features - mean) / (features - mean).norm(dim=1, keepdim=True)
+  with torch.no_grad():
+    reference.head.weight.zero_()
+    reference.head.weight[:6] = rows
+    reference.head.bias.zero_()
+    reference.head.bias[:6] = -rows @ mean
   want = torch_reference.reference_outputs(reference, normalise(video))[1]
+  np.testing.assert_array_equal(want.argmax(-1), np.arange(6))
+  serving = export_bf16(tmp_path, variant, "logits", size, reference)
+  got = serving(video=tf.constant(video))["logits"].numpy()
   assert got.dtype == np.float32
-  assert relative_error(got, want) < TOLERANCE
+  # Only top-1 is asserted: these logits are the small clip-specific part of the features (the
+  # bias cancels the large shared part), which is where bfloat16's rounding weighs most.
   np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
-  # The clips are told apart: agreeing in top-1 is not one class for every clip.
-  assert len(set(want.argmax(-1))) > 1
 
 
 def test_fine_tuning_trains_every_float32_variable(tmp_path):
   variant = small_variant()
   size = (8, 56, 56)
-  export_bf16(tmp_path, variant, "features", size, seed=17)
+  export_bf16(tmp_path, variant, "features", size, random_reference(variant, seed=17))
   layer = hub.KerasLayer(str(tmp_path / "model"), trainable=True)
   assert layer.trainable_weights and not layer.non_trainable_weights
   assert {w.dtype for w in layer.trainable_weights} == {tf.float32}

@@ -115,7 +115,7 @@ def test_manifest(exported, checkpoint_dir):
   assert manifest["checkpoint_trust"] == "local file, not checked against a published digest"
   assert manifest["archive_bytes"] == os.path.getsize(model_dir / f"{VERSION}.tar.gz")
   assert manifest["identity"] == {"variant": TINY.name, "output": "features",
-                                  "input_size": [32, 224, 224]}
+                                  "input_size": [32, 224, 224], "precision": "float32"}
   assert manifest["input"] == {"name": "video", "shape": [None, 3, 32, 224, 224],
                                "dtype": "float32", "range": [0, 1], "layout": "NCTHW"}
   assert manifest["output"] == {"name": "features", "shape": [None, 768], "dtype": "float32"}

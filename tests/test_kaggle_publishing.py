@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import kagglehub
@@ -395,6 +396,28 @@ def test_four_concurrent_publishers_of_a_new_variation_one_wins(kaggle_env, smal
   (version,) = kaggle_env.instance(OWNER, MODEL, SMALL_MODEL.name).versions
   assert {k: v for k, v in version.files.items() if k != "manifest.json"} == _local_files(
       small_savedmodel)
+
+
+def test_four_concurrent_publishers_of_a_next_version_one_wins(kaggle_env, small_savedmodel,
+                                                               tmp_path):
+  _publish_small(_destination(), small_savedmodel, tmp_path, 1)
+  built = _built(small_savedmodel, tmp_path, 2)
+  kaggle_env.version_barrier = threading.Barrier(4)
+  publishers = [_start_publisher(built) for _ in range(4)]
+  results = [(p.wait(timeout=300), *p.communicate()) for p in publishers]
+  assert [r[0] for r in results].count(0) == 1, results
+  for code, _, stderr in results:
+    if code:
+      lines = stderr.strip().splitlines()
+      assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+      assert ("already exists" in lines[0]
+              or "another publisher added version 2 at the same time" in lines[0]), lines[0]
+  # Kaggle numbered the losers' versions 3, 4, ... and they deleted them again.
+  versions = kaggle_env.instance(OWNER, MODEL, SMALL_MODEL.name).versions
+  assert [v.number for v in versions] == [1, 2]
+  expected = _local_files(small_savedmodel)
+  expected["manifest.json"] = (tmp_path / "2.manifest.json").read_bytes()
+  assert versions[1].files == expected
 
 
 def test_killed_publisher_leaves_no_version_or_the_whole_one(kaggle_env, small_savedmodel,

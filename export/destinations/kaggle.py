@@ -42,6 +42,7 @@ environment; the tests run a fake server there).
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -100,6 +101,12 @@ def kagglehub_handle(owner: str, model: str, variation: str,
   """OWNER/MODEL/tensorFlow2/VARIATION[/VERSION], as kagglehub.model_download takes it."""
   base_handle = f"{owner}/{model}/{FRAMEWORK}/{variation}"
   return base_handle if version is None else f"{base_handle}/{version}"
+
+
+def _version_in_url(url: str) -> Optional[int]:
+  """The version number a created version's URL ends with, or None if it ends otherwise."""
+  match = re.search(r"/(\d+)/?$", url or "")
+  return int(match.group(1)) if match else None
 
 
 def web_url(owner: str, model: str, variation: Optional[str] = None,
@@ -366,12 +373,32 @@ class KaggleModel:
       body.version_notes = notes
       body.files, body.directories = tree.files, tree.directories
       request.body = body
-      self._call(f"creating {where}", self._models.create_model_instance_version, request)
+      created = self._call(f"creating {where}", self._models.create_model_instance_version,
+                           request)
+      # Kaggle has no conditional create: of two publishers that both passed the check above,
+      # the second gets the next number. It takes its version back, so that exactly one version
+      # carries the number both asked for.
+      ours = _version_in_url(created.url) or self.latest_version(variation)
+      if ours != version:
+        self.delete_version(variation, ours)
+        raise KaggleError(f"Kaggle numbered the new version of {variation} {ours}, not "
+                          f"{version}: another publisher added version {version} at the same "
+                          f"time; version {ours} was deleted again")
       self.update_variation(variation, card)
+      return
     assigned = self.latest_version(variation)
     if assigned != version:
       raise KaggleError(f"Kaggle numbered the new version of {variation} {assigned}, not "
                         f"{version}: another publisher added a version at the same time")
+
+  def delete_version(self, variation: str, version: int) -> None:
+    """Deletes `version` of `variation`."""
+    request = api.ApiDeleteModelInstanceVersionRequest()
+    request.owner_slug, request.model_slug = self.owner, self.model
+    request.framework, request.instance_slug = _FRAMEWORK_ENUM, variation
+    request.version_number = version
+    self._call(f"deleting {web_url(self.owner, self.model, variation, version)}",
+               self._models.delete_model_instance_version, request)
 
   def update_variation(self, variation: str, card: kaggle_docs.VariationCard) -> None:
     """Sets every field of `card` on an existing variation."""
