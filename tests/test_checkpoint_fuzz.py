@@ -93,9 +93,9 @@ def test_check_input_accepts_refusals_and_flags_each_kind_of_finding(tmp_path):
 
 def test_save_finding_names_the_file_by_kind_and_content(tmp_path):
   path = fuzz_checkpoint.save_finding(str(tmp_path), 'slow', b'abc')
-  assert os.path.basename(path) == 'slow-ba7816bf8f01cfea.pth'  # sha256('abc')
+  assert os.path.basename(path) == 'slow-ba7816bf8f01cfea.bytes'  # sha256('abc')
   assert open(path, 'rb').read() == b'abc'
-  assert os.listdir(tmp_path) == ['slow-ba7816bf8f01cfea.pth']
+  assert os.listdir(tmp_path) == ['slow-ba7816bf8f01cfea.bytes']
 
 
 def test_smoke_run_executes_and_finds_nothing_on_the_seeds(tmp_path, seed_dir):

@@ -13,9 +13,9 @@ A hang or a blow-up in C code, which no in-process check sees, is caught by libF
 (-timeout, -rss_limit_mb): it kills the fuzzing process and leaves the input as an artifact.
 
 Every finding is saved into --findings_dir (default: the regression corpus that
-tests/test_checkpoint_fuzz.py replays) as `<kind>-<sha256 prefix>.pth`. Zip inputs are mutated
-inside their records half of the time (re-zipped, so that CRC checks do not reject every
-mutation of data.pkl). The fuzzing runs in a child process, restarted after a libFuzzer kill,
+tests/test_checkpoint_fuzz.py replays) as `<kind>-<sha256 prefix>.bytes` (raw reader inputs, most
+of them not valid checkpoints). Zip inputs are mutated inside their records half of the time
+(re-zipped, so that CRC checks do not reject every mutation of data.pkl). The fuzzing runs in a child process, restarted after a libFuzzer kill,
 until --max_time is spent. The working corpus in --work_dir persists between runs.
 
 With --merge_into=tests/data/checkpoint_corpus it then adds to the regression corpus the fewest
@@ -119,12 +119,12 @@ def check_input(data: bytes, scratch_path: str, per_input_seconds: float,
 
 
 def save_finding(directory: str, kind: str, data: bytes) -> str:
-  """Writes `data` as `<directory>/<kind>-<sha256 prefix>.pth` atomically; returns the path.
+  """Writes `data` as `<directory>/<kind>-<sha256 prefix>.bytes` atomically; returns the path.
 
   `kind`: a Finding's, libFuzzer's artifact kind (crash, timeout, oom) or 'coverage'.
   """
   os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f'{kind}-{hashlib.sha256(data).hexdigest()[:16]}.pth')
+  path = os.path.join(directory, f'{kind}-{hashlib.sha256(data).hexdigest()[:16]}.bytes')
   fd, temp = tempfile.mkstemp(dir=directory, prefix='.finding-')
   try:
     with os.fdopen(fd, 'wb') as file:
@@ -291,7 +291,7 @@ def fuzz(max_time: float, work_dir: str, findings_dir: str, per_input_seconds: f
 
 
 def _merge(child: List[str], corpus: str, target: str, scratch: str) -> None:
-  """Adds to `target`, as `coverage-<sha256 prefix>.pth`, the fewest `corpus` inputs that reach
+  """Adds to `target`, as `coverage-<sha256 prefix>.bytes`, the fewest `corpus` inputs that reach
   coverage its files lack."""
   shutil.rmtree(scratch, ignore_errors=True)
   os.makedirs(scratch)
