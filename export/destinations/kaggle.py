@@ -33,8 +33,9 @@ every request with its Authorization header):
 Kaggle offers no lock. Creating a variation is atomic there: of several publishers of a new
 variation's version 1, one wins and the others fail with "already exists". For later versions
 Kaggle has no conditional create: two publishers of version N that both pass the last check
-(milliseconds apart) would make versions N and N+1; the second is detected and reported as an
-error, but its version stays on Kaggle.
+(milliseconds apart) make versions N and N+1; the second sees the number Kaggle gave it,
+deletes that version and ends with an error, so only N remains (a publisher killed between its
+create and its delete would leave N+1 behind).
 
 `KAGGLE_API_ENVIRONMENT=TEST` sends every call to http://localhost:7777 (kagglesdk's test
 environment; the tests run a fake server there).
