@@ -21,7 +21,7 @@ $(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
 
 .PHONY: export test
 export: $(VENV)/.runtime
-	$(VENV)/bin/python -m export.export_all --output_dir=$(OUTPUT_DIR) --version=$(VERSION) \
+	$(VENV)/bin/python -m video_swin_hub.export.export_all --output_dir=$(OUTPUT_DIR) --version=$(VERSION) \
 	  $(if $(VARIANTS),--variants=$(VARIANTS)) $(if $(CHECKPOINT_DIR),--checkpoint_dir=$(CHECKPOINT_DIR))
 
 test: $(VENV)/.test

@@ -34,14 +34,14 @@ import tensorflow as tf
 
 import av
 
-from extraction import decode_worker
-from extraction import job as job_lib
-from extraction import runner
-from extraction import sampling as sampling_lib
-from extraction import video as video_lib
-from hub_models import variants
-from hub_models.backbone import VideoSwinBackbone
-from hub_models.hub_module import FeatureExtractor
+from video_swin_hub.extraction import decode_worker
+from video_swin_hub.extraction import job as job_lib
+from video_swin_hub.extraction import runner
+from video_swin_hub.extraction import sampling as sampling_lib
+from video_swin_hub.extraction import video as video_lib
+from video_swin_hub.hub_models import variants
+from video_swin_hub.hub_models.backbone import VideoSwinBackbone
+from video_swin_hub.hub_models.hub_module import FeatureExtractor
 from tests import conftest
 from tests import synthetic_videos
 # pylint: enable=g-import-not-at-top,wrong-import-position

@@ -68,9 +68,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from export import errors
-from export import published_models
-from hub_models import variants as variants_lib
+from video_swin_hub.export import errors
+from video_swin_hub.export import published_models
+from video_swin_hub.hub_models import variants as variants_lib
 
 SWIN_T = "swin_tiny_patch244_window877_kinetics400_1k"
 SWIN_B = "swin_base_patch244_window877_kinetics400_1k"
@@ -137,7 +137,7 @@ class OursRunner:
     return _tf_device(self.tf)
 
   def setup(self, variant_name: str, input_size, workdir: str, checkpoint: str) -> None:
-    from export import savedmodel  # pylint: disable=import-outside-toplevel
+    from video_swin_hub.export import savedmodel  # pylint: disable=import-outside-toplevel
     model = published_models.PublishedModel(
         _variant(variant_name), input_size=tuple(input_size),
         precision=published_models.PRECISIONS[self.precision])

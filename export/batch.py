@@ -14,13 +14,13 @@ from typing import Callable, Dict, List, Sequence, Union
 
 from absl import flags
 
-from export import errors
-from export import pipeline
-from export import published_models
-from export import destinations
-from export.destinations import base
-from export.docs import tfhub
-from hub_models import variants as variants_lib
+from . import errors
+from . import pipeline
+from . import published_models
+from . import destinations
+from .destinations import base
+from .docs import tfhub
+from ..hub_models import variants as variants_lib
 
 CheckpointFor = Callable[[variants_lib.Variant], pipeline.Checkpoint]
 

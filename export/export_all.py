@@ -1,6 +1,6 @@
 r"""Exports, verifies, packages and publishes Hub models, then writes the destination's docs.
 
-  python -m export.export_all --output_dir=DEST [--variants=a,b] [--checkpoint_dir=CKPTS] \
+  python -m video_swin_hub.export.export_all --output_dir=DEST [--variants=a,b] [--checkpoint_dir=CKPTS] \
       [--outputs=features,logits,feature_map] [--input_size=32,224,224] [--version=1] \
       [--overwrite] [--publisher=ID] [--asset_base_url=URL] [--cache_dir=CACHE] \
       [--stale_after_s=86400]
@@ -22,12 +22,12 @@ import sys
 from absl import app
 from absl import flags
 
-from export import batch
-from export import errors
-from export import pipeline
-from export import published_models
-from hub_models import download
-from hub_models import variants as variants_lib
+from . import batch
+from . import errors
+from . import pipeline
+from . import published_models
+from ..hub_models import download
+from ..hub_models import variants as variants_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _COMMON = batch.CommonFlags()
@@ -79,5 +79,10 @@ def main(argv):
   batch.run(models, checkpoint_for, _COMMON, prechecks)
 
 
-if __name__ == "__main__":
+def cli_main():
+  """The `video-swin-export-all` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli_main()

@@ -1,6 +1,6 @@
 r"""Exports one variant with one output: `export_all` for a single Hub model, from any checkpoint.
 
-  python -m export.export_savedmodel --variant=NAME --output_dir=DEST [--checkpoint=PATH_OR_URL] \
+  python -m video_swin_hub.export.export_savedmodel --variant=NAME --output_dir=DEST [--checkpoint=PATH_OR_URL] \
       [--output=features|logits|feature_map] [--input_size=32,224,224] [--version=1] \
       [--overwrite] [--publisher=ID] [--asset_base_url=URL] [--cache_dir=CACHE]
 
@@ -20,12 +20,12 @@ import sys
 from absl import app
 from absl import flags
 
-from export import batch
-from export import errors
-from export import pipeline
-from export import published_models
-from hub_models import download
-from hub_models import variants as variants_lib
+from . import batch
+from . import errors
+from . import pipeline
+from . import published_models
+from ..hub_models import download
+from ..hub_models import variants as variants_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _COMMON = batch.CommonFlags()
@@ -60,5 +60,10 @@ def main(argv):
   batch.run(models, checkpoint_for, _COMMON, prechecks)
 
 
-if __name__ == "__main__":
+def cli_main():
+  """The `video-swin-export-savedmodel` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli_main()

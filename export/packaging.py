@@ -21,10 +21,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from export import errors
-from export import files
-from export import published_models
-from hub_models.hub_module import VideoModule
+from . import errors
+from . import files
+from . import published_models
+from ..hub_models.hub_module import VideoModule
 
 _TOOLS = ("tensorflow", "tf_keras", "tensorflow_hub", "numpy")
 # Largest accepted relative Frobenius error between a reloaded model and the in-memory one.

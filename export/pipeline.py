@@ -14,17 +14,17 @@ import os
 import time
 from typing import Callable
 
-from export import errors
-from export import packaging
-from export import published_models
-from export import savedmodel
-from export.destinations import base
-from export.docs import validator
-from hub_models import checkpoint as checkpoint_lib
-from hub_models import conversion
-from hub_models import download
-from hub_models import hub_module
-from hub_models import variants
+from . import errors
+from . import packaging
+from . import published_models
+from . import savedmodel
+from .destinations import base
+from .docs import validator
+from ..hub_models import checkpoint as checkpoint_lib
+from ..hub_models import conversion
+from ..hub_models import download
+from ..hub_models import hub_module
+from ..hub_models import variants
 
 EXPORT_ERRORS = (errors.ExportError, variants.UnknownVariantError, checkpoint_lib.CheckpointError,
                  conversion.ConversionError, download.DownloadError)

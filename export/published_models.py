@@ -10,8 +10,8 @@ and input sizes add a suffix, so handles never collide.
 import dataclasses
 from typing import Any, Callable, Dict, Sequence, Tuple
 
-from export import errors
-from hub_models import variants as variants_lib
+from . import errors
+from ..hub_models import variants as variants_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,12 +3,12 @@ from its official checkpoint; export/pipeline.py saves, verifies, packages and p
 
 import tensorflow as tf
 
-from export import published_models
-from hub_models import checkpoint
-from hub_models import conversion
-from hub_models import hub_module
-from hub_models.backbone import VideoSwinBackbone
-from hub_models.head import ClassificationHead
+from . import published_models
+from ..hub_models import checkpoint
+from ..hub_models import conversion
+from ..hub_models import hub_module
+from ..hub_models.backbone import VideoSwinBackbone
+from ..hub_models.head import ClassificationHead
 
 
 def build_model(model: published_models.PublishedModel,

@@ -1,6 +1,6 @@
 r"""Checks a tfhub.dev docs tree (and optionally SavedModel archives) against tfhub.dev's rules.
 
-  python -m export.validate_docs --docs_root=DIR [--archives_root=DIR]
+  python -m video_swin_hub.export.validate_docs --docs_root=DIR [--archives_root=DIR]
 
 prints each problem on one line (`{file}:{line}: {problem}`, see export/docs/validator.py) and
 exits 1 if there are any.
@@ -11,7 +11,7 @@ import sys
 from absl import app
 from absl import flags
 
-from export.docs import validator
+from .docs import validator
 
 _DOCS_ROOT = flags.DEFINE_string("docs_root", None, "The assets/docs folder to check.")
 _ARCHIVES_ROOT = flags.DEFINE_string(
@@ -29,5 +29,10 @@ def main(argv):
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli_main():
+  """The `video-swin-validate-docs` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli_main()

@@ -1,12 +1,12 @@
 r"""Writes the tfhub.dev docs of the exported models and checks them with the validator.
 
-  python -m export.write_docs --output_dir=DIR --asset_base_url=URL \
+  python -m video_swin_hub.export.write_docs --output_dir=DIR --asset_base_url=URL \
       [--publisher=ID] [--version=N] [--variants=a,b] [--outputs=features,logits,feature_map] \
       [--input_size=32,224,224] [--write_collection_md=PATH]
 
 writes `DIR/tfhub.dev/assets/docs/<publisher>/`: the publisher page, one model doc per variant
 (default: the collection) and output (default: the pooled feature) and the collection doc, each
-archive expected at `URL/<model>/<version>.tar.gz`, as `export.export_all` names them. Nothing is
+archive expected at `URL/<model>/<version>.tar.gz`, as `video_swin_hub.export.export_all` names them. Nothing is
 exported. The tool exits 1 if the written docs break a tfhub.dev rule, printing each problem on
 one line.
 """
@@ -17,12 +17,12 @@ import sys
 from absl import app
 from absl import flags
 
-from export import files
-from export import published_models
-from export.docs import kaggle as kaggle_docs
-from export.docs import tfhub
-from export.docs import validator
-from hub_models import variants
+from . import files
+from . import published_models
+from .docs import kaggle as kaggle_docs
+from .docs import tfhub
+from .docs import validator
+from ..hub_models import variants
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the docs tree.",
                                   required=True)
@@ -72,5 +72,10 @@ def main(argv):
     print(path)
 
 
-if __name__ == "__main__":
+def cli_main():
+  """The `video-swin-write-docs` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli_main()

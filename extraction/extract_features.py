@@ -1,6 +1,6 @@
 r"""Pooled Video Swin features for a set of video files, on one machine.
 
-  python -m extraction.extract_features --model=HANDLE --videos=GLOB_OR_LIST --output=DIR \
+  python -m video_swin_hub.extraction.extract_features --model=HANDLE --videos=GLOB_OR_LIST --output=DIR \
       [--protocol=kinetics|ssv2] [--num_clips=N] [--frame_interval=2] [--num_crops=1|3] \
       [--short_side=S] [--min_frames=1] [--video_root=DIR] [--batch_size=12] \
       [--shard_size=100] [--decode_workers=2] [--clip_size=T,H,W] [--decode_memory_mb=4096] \

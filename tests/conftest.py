@@ -10,7 +10,7 @@ import dataclasses  # pylint: disable=wrong-import-position
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from hub_models import variants  # pylint: disable=wrong-import-position
+from video_swin_hub.hub_models import variants  # pylint: disable=wrong-import-position
 
 # A narrow four-stage model with the real window and head_dim structure, for quick tests.
 SMALL_ARCH = variants.Architecture(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4),
@@ -43,8 +43,8 @@ def export_small_model(path: str, input_size=(8, 56, 56), seed: int = 0) -> str:
   Quick stand-in for a published model where the tests need a Hub handle, not parity.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from hub_models.backbone import VideoSwinBackbone  # pylint: disable=g-import-not-at-top
-  from hub_models.hub_module import FeatureExtractor  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.hub_models.backbone import VideoSwinBackbone  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.hub_models.hub_module import FeatureExtractor  # pylint: disable=g-import-not-at-top
 
   tf.keras.utils.set_random_seed(seed)
   backbone = VideoSwinBackbone(SMALL_ARCH)

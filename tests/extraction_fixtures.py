@@ -70,7 +70,7 @@ def run_module(module, *args):
 def rows(output_dir):
   """{video_id: {"path", "features", "num_views"}} read through records.read_features; fails on
   a video stored twice."""
-  from extraction import records  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.extraction import records  # pylint: disable=g-import-not-at-top
   out = {}
   for row in records.read_features(str(output_dir)).as_numpy_iterator():
     video_id = row["video_id"].decode()

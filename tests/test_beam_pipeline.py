@@ -4,13 +4,9 @@ and on a portable runner whose SDK workers have the project only as its built wh
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -18,11 +14,12 @@ import pytest
 import extraction_fixtures as fx
 # pytest finds these fixtures in the module namespace.
 from extraction_fixtures import model_dir, videos  # pylint: disable=unused-import
-from extraction import beam_pipeline
-from extraction import job as job_lib
-from extraction import model as model_lib
-from extraction import records
-from extraction import runner
+from wheel_fixtures import wheel, wheel_env  # pylint: disable=unused-import
+from video_swin_hub.extraction import beam_pipeline
+from video_swin_hub.extraction import job as job_lib
+from video_swin_hub.extraction import model as model_lib
+from video_swin_hub.extraction import records
+from video_swin_hub.extraction import runner
 from tools import extraction_folder_check as check
 
 
@@ -37,7 +34,7 @@ def test_pipeline_output_equals_the_tool_output(model_dir, videos, tmp_path):
   runner.run(job, **fx.RUN_SETTINGS, progress=quiet)
 
   # Unknown flags are Beam pipeline options: two worker threads here.
-  result = fx.run_module("extraction.beam_pipeline", f"--model={model_dir}",
+  result = fx.run_module("video_swin_hub.extraction.beam_pipeline", f"--model={model_dir}",
                          f"--videos={videos}/all.txt", f"--output={beam_output}", *fx.FLAGS,
                          "--direct_num_workers=2", "--direct_running_mode=multi_threading")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -108,81 +105,12 @@ def test_pipeline_loads_the_model_once_and_resumes(model_dir, videos, tmp_path, 
 
 
 def test_cli_refuses_a_missing_model_with_one_line(videos, tmp_path):
-  result = fx.run_module("extraction.beam_pipeline", f"--model={tmp_path}/no_model",
+  result = fx.run_module("video_swin_hub.extraction.beam_pipeline", f"--model={tmp_path}/no_model",
                          f"--videos={videos}/all.txt", f"--output={tmp_path}/out")
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: cannot load model {tmp_path}/no_model: "), result.stderr[-2000:]
   assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-  """The project's wheel, built offline from a copy of its sources (so that no build files are
-  left in the checkout)."""
-  source = tmp_path_factory.mktemp("source")
-  for name in ("hub_models", "export", "extraction"):
-    shutil.copytree(os.path.join(fx.REPO, name), source / name,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-  for name in ("pyproject.toml", "README.md"):
-    shutil.copy(os.path.join(fx.REPO, name), source)
-  dist = tmp_path_factory.mktemp("dist")
-  subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                  "--no-build-isolation", "-w", str(dist), str(source)], check=True,
-                 capture_output=True, timeout=300)
-  (path,) = dist.glob("video_swin_hub-*.whl")
-  return path
-
-
-def test_the_wheel_installs_every_package_under_one_namespace(wheel):
-  with zipfile.ZipFile(wheel) as archive:
-    names = archive.namelist()
-    entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-  assert {name.split("/")[0] for name in names} == {"video_swin_hub",
-                                                    f"{wheel.name.split('-py3')[0]}.dist-info"}
-  # Every module of the three folders, subpackages included.
-  modules = [os.path.relpath(os.path.join(folder, name), fx.REPO)
-             for top in ("hub_models", "export", "extraction")
-             for folder, _, files in os.walk(os.path.join(fx.REPO, top))
-             for name in files if name.endswith(".py")]
-  assert "extraction/decode_worker.py" in modules and "export/export_all.py" in modules
-  assert sorted(n for n in names if n.endswith(".py")) == sorted(
-      f"video_swin_hub/{module}" for module in modules)
-  assert ("video-swin-beam-pipeline = video_swin_hub.extraction.beam_pipeline:cli_main"
-          in entry_points)
-  assert ("video-swin-extract-features = video_swin_hub.extraction.extract_features:cli_main"
-          in entry_points)
-
-
-@pytest.fixture(scope="module")
-def wheel_env(wheel, tmp_path_factory):
-  """(environment variables, working folder) of a virtual environment where the project exists
-  only as the installed wheel: its third-party packages are the test environment's, reached
-  through a .pth line naming that site-packages folder (a folder a .pth adds is not a site
-  folder, so the editable install's .pth there, which would make the checkout importable, is not
-  run), and the working folder is outside the repository."""
-  root = tmp_path_factory.mktemp("wheel_env")
-  venv = root / "venv"
-  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                 timeout=120)
-  python = str(venv / "bin" / "python")
-  site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        check=True, capture_output=True, text=True).stdout.strip()
-  with open(os.path.join(site, "test_env.pth"), "w", encoding="utf-8") as f:
-    f.write(sysconfig.get_paths()["purelib"] + "\n")
-  subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
-                  "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True,
-                 timeout=300)
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-  env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
-  workdir = root / "work"
-  workdir.mkdir()
-  where = subprocess.run(
-      ["python", "-c", "import video_swin_hub.extraction as e, importlib.util as u; "
-       "print(e.__file__); print(u.find_spec('extraction'))"],
-      cwd=workdir, env=env, check=True, capture_output=True, text=True).stdout.split()
-  assert where == [os.path.join(site, "video_swin_hub", "extraction", "__init__.py"), "None"]
-  return env, workdir
 
 
 def free_port():

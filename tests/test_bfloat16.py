@@ -21,12 +21,12 @@ import torch
 
 import torch_reference
 from conftest import normalise, relative_error, small_variant
-from export import published_models
-from export import savedmodel
-from export.docs import kaggle
-from export.docs import tfhub
-from export.docs import validator
-from hub_models import variants
+from video_swin_hub.export import published_models
+from video_swin_hub.export import savedmodel
+from video_swin_hub.export.docs import kaggle
+from video_swin_hub.export.docs import tfhub
+from video_swin_hub.export.docs import validator
+from video_swin_hub.hub_models import variants
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BFLOAT16 = published_models.PRECISIONS["bfloat16"]
@@ -185,7 +185,7 @@ def test_docs_say_what_each_precision_computes_in(tmp_path):
 def test_unknown_precision_is_one_error_line(tmp_path):
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-m", "export.export_savedmodel",
+      [sys.executable, "-m", "video_swin_hub.export.export_savedmodel",
        "--variant=swin_tiny_patch244_window877_kinetics400_1k", f"--output_dir={out}",
        "--precision=bogus"],
       cwd=REPO, capture_output=True, text=True, check=False)

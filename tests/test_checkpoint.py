@@ -1,4 +1,4 @@
-"""Tests for hub_models.checkpoint: files written by real `torch.save`, read back without torch."""
+"""Tests for video_swin_hub.hub_models.checkpoint: files written by real `torch.save`, read back without torch."""
 
 import builtins
 import collections
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from hub_models import checkpoint
-from hub_models.checkpoint import CheckpointError, SkippedObject
+from video_swin_hub.hub_models import checkpoint
+from video_swin_hub.hub_models.checkpoint import CheckpointError, SkippedObject
 from tools import checkpoint_seeds
 from tools.checkpoint_seeds import Config, ConfigDict
 

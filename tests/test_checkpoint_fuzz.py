@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hub_models import checkpoint
+from video_swin_hub.hub_models import checkpoint
 from tools import checkpoint_seeds, fuzz_checkpoint
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

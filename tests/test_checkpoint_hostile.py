@@ -1,6 +1,6 @@
 """Hand-built hostile checkpoints: each is refused (or loaded) within seconds and a memory bound.
 
-The bound is the one hub_models.checkpoint states (`MEMORY_BYTES_PER_FILE_BYTE` x the file's size
+The bound is the one video_swin_hub.hub_models.checkpoint states (`MEMORY_BYTES_PER_FILE_BYTE` x the file's size
 + 2 MiB, measured with tracemalloc through tools.fuzz_checkpoint.measure); the time limit,
 `_SECONDS`, applies to an untraced load. Files are built from real `torch.save` output, edited,
 or pickled with a Pickler that writes the persistent ids torch writes, so each one differs from a
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from hub_models import checkpoint
-from hub_models.checkpoint import CheckpointError, Limits
+from video_swin_hub.hub_models import checkpoint
+from video_swin_hub.hub_models.checkpoint import CheckpointError, Limits
 from tools import fuzz_checkpoint
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

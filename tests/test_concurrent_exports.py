@@ -22,12 +22,12 @@ import tensorflow_hub as hub
 import publishing_fakes
 import torch_reference
 from conftest import normalise, relative_error
-from export import pipeline
-from export import published_models
-from export.destinations import gcs
-from export.destinations import local
-from export.docs import validator
-from hub_models import variants
+from video_swin_hub.export import pipeline
+from video_swin_hub.export import published_models
+from video_swin_hub.export.destinations import gcs
+from video_swin_hub.export.destinations import local
+from video_swin_hub.export.docs import validator
+from video_swin_hub.hub_models import variants
 from test_export_all import REPO
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
@@ -73,7 +73,7 @@ def single_export(reference, video, tmp_path_factory):
 def export_all(output_dir, checkpoint_dir, *flags):
   """Starts one export_all run of TINY at INPUT_SIZE, version 1."""
   return subprocess.Popen(
-      [sys.executable, "-m", "export.export_all", f"--variants={TINY.name}",
+      [sys.executable, "-m", "video_swin_hub.export.export_all", f"--variants={TINY.name}",
        f"--checkpoint_dir={checkpoint_dir}", f"--output_dir={output_dir}",
        "--input_size=" + ",".join(map(str, INPUT_SIZE)), *flags],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

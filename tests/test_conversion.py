@@ -5,9 +5,9 @@ import pytest
 
 import torch_reference
 from conftest import small_variant
-from hub_models import conversion, variants
-from hub_models.backbone import VideoSwinBackbone
-from hub_models.head import ClassificationHead
+from video_swin_hub.hub_models import conversion, variants
+from video_swin_hub.hub_models.backbone import VideoSwinBackbone
+from video_swin_hub.hub_models.head import ClassificationHead
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from export.destinations import base
-from export.destinations import local
+from video_swin_hub.export.destinations import base
+from video_swin_hub.export.destinations import local
 from publishing_fakes import fake_build, publish_local
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

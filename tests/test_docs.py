@@ -10,18 +10,18 @@ import tarfile
 
 import pytest
 
-from export import files
-from export.docs import kaggle as kaggle_docs
-from export.docs import tfhub as docs
-from export import published_models
-from export.docs import validator as validate_docs
-from hub_models import variants
+from video_swin_hub.export import files
+from video_swin_hub.export.docs import kaggle as kaggle_docs
+from video_swin_hub.export.docs import tfhub as docs
+from video_swin_hub.export import published_models
+from video_swin_hub.export.docs import validator as validate_docs
+from video_swin_hub.hub_models import variants
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHER = "test-publisher"
 ASSET_BASE_URL = "https://storage.googleapis.com/test-bucket/models"
 TINY = "swin_tiny_patch244_window877_kinetics400_1k"
-REGENERATE = ("python -m export.write_docs --output_dir=/tmp/video_swin_docs "
+REGENERATE = ("python -m video_swin_hub.export.write_docs --output_dir=/tmp/video_swin_docs "
               f"--asset_base_url={ASSET_BASE_URL} --write_collection_md=collection.md")
 
 
@@ -340,19 +340,19 @@ def _run(module, *args):
 
 def test_write_docs_cli_writes_a_valid_tree(tmp_path):
   collection_md = tmp_path / "collection.md"
-  result = _run("export.write_docs", f"--output_dir={tmp_path}",
+  result = _run("video_swin_hub.export.write_docs", f"--output_dir={tmp_path}",
                 f"--asset_base_url={ASSET_BASE_URL}", f"--write_collection_md={collection_md}")
   assert result.returncode == 0, result.stderr
   docs_root = os.path.join(str(tmp_path), docs.DOCS_DIR)
   for variant in variants.collection():
     assert os.path.isfile(docs.model_doc_path(docs_root, docs.DEFAULT_PUBLISHER, variant.name, 1))
   assert collection_md.read_text(encoding="utf-8") == kaggle_docs.repository_model_card()
-  result = _run("export.validate_docs", f"--docs_root={docs_root}")
+  result = _run("video_swin_hub.export.validate_docs", f"--docs_root={docs_root}")
   assert result.returncode == 0 and result.stdout == "", result.stdout
 
 
 def test_write_docs_cli_refuses_an_unknown_variant(tmp_path):
-  result = _run("export.write_docs", f"--output_dir={tmp_path}",
+  result = _run("video_swin_hub.export.write_docs", f"--output_dir={tmp_path}",
                 f"--asset_base_url={ASSET_BASE_URL}", f"--variants={TINY},swin_huge")
   assert result.returncode != 0
   lines = result.stderr.strip().split("\n")
@@ -361,9 +361,9 @@ def test_write_docs_cli_refuses_an_unknown_variant(tmp_path):
 
 
 def test_cli_tools_fail_on_invalid_docs(tmp_path):
-  result = _run("export.write_docs", f"--output_dir={tmp_path}",
+  result = _run("video_swin_hub.export.write_docs", f"--output_dir={tmp_path}",
                 "--asset_base_url=https://github.com/someone/models", f"--variants={TINY}")
   assert result.returncode == 1 and "is on github.com" in result.stderr
-  result = _run("export.validate_docs", f"--docs_root={os.path.join(str(tmp_path), docs.DOCS_DIR)}")
+  result = _run("video_swin_hub.export.validate_docs", f"--docs_root={os.path.join(str(tmp_path), docs.DOCS_DIR)}")
   assert result.returncode == 1
   assert result.stdout.count("\n") == 1 and "is on github.com" in result.stdout

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from hub_models import download
+from video_swin_hub.hub_models import download
 
 _DATA = np.random.default_rng(0).integers(0, 256, size=300_000, dtype=np.uint8).tobytes()
 _DATA_SHA256 = hashlib.sha256(_DATA).hexdigest()

@@ -13,11 +13,11 @@ import torch
 
 import torch_reference
 from conftest import normalise, relative_error
-from export import errors
-from export import packaging
-from export import published_models
-from export import savedmodel
-from hub_models import checkpoint, conversion, variants
+from video_swin_hub.export import errors
+from video_swin_hub.export import packaging
+from video_swin_hub.export import published_models
+from video_swin_hub.export import savedmodel
+from video_swin_hub.hub_models import checkpoint, conversion, variants
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def exported(tiny_checkpoint, tmp_path_factory):
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "export.export_savedmodel", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "video_swin_hub.export.export_savedmodel", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=600, check=False)
 
 

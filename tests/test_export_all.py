@@ -18,12 +18,12 @@ import torch
 
 import torch_reference
 from conftest import SMALL_ARCH, normalise, relative_error, small_variant
-from export import packaging
-from export import pipeline
-from export import published_models
-from export.destinations import local
-from export.docs import validator as validate_docs
-from hub_models import variants
+from video_swin_hub.export import packaging
+from video_swin_hub.export import pipeline
+from video_swin_hub.export import published_models
+from video_swin_hub.export.destinations import local
+from video_swin_hub.export.docs import validator as validate_docs
+from video_swin_hub.hub_models import variants
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ VERSION_DEFAULT = "1"
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "export.export_all", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "video_swin_hub.export.export_all", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -278,7 +278,7 @@ def test_killed_export_leaves_no_version_and_does_not_block_a_rerun(tmp_path, ch
   """SIGKILL while the SavedModel is being written: nothing visible; the next run succeeds."""
   out = tmp_path / "out"
   process = subprocess.Popen(
-      [sys.executable, "-m", "export.export_all", f"--variants={TINY.name}",
+      [sys.executable, "-m", "video_swin_hub.export.export_all", f"--variants={TINY.name}",
        f"--checkpoint_dir={checkpoint_dir}", f"--output_dir={out}", "--input_size=8,64,64"],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   for line in process.stdout:

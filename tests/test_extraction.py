@@ -13,14 +13,14 @@ import tensorflow_hub as hub
 import extraction_fixtures as fx
 # pytest finds these fixtures in the module namespace.
 from extraction_fixtures import model_dir, videos  # pylint: disable=unused-import
-from extraction import extractor
-from extraction import inputs
-from extraction import job as job_lib
-from extraction import preprocess
-from extraction import records
-from extraction import runner
-from extraction import sampling
-from extraction import video as video_lib
+from video_swin_hub.extraction import extractor
+from video_swin_hub.extraction import inputs
+from video_swin_hub.extraction import job as job_lib
+from video_swin_hub.extraction import preprocess
+from video_swin_hub.extraction import records
+from video_swin_hub.extraction import runner
+from video_swin_hub.extraction import sampling
+from video_swin_hub.extraction import video as video_lib
 
 FEATURE_DIM = 192  # 8 x the small test architecture's embed_dim of 24.
 
@@ -34,7 +34,7 @@ def signature(model_dir):
 def cli_run(model_dir, videos, tmp_path_factory):
   """(output folder, completed process) of one command-line run over every test video."""
   output = tmp_path_factory.mktemp("cli") / "features"
-  result = fx.run_module("extraction.extract_features", f"--model={model_dir}",
+  result = fx.run_module("video_swin_hub.extraction.extract_features", f"--model={model_dir}",
                          f"--videos={videos}/all.txt", f"--output={output}", *fx.FLAGS)
   assert result.returncode == 0, result.stderr[-3000:]
   return output, result
@@ -238,7 +238,7 @@ def test_cli_refuses_bad_input_with_one_line(model_dir, videos, tmp_path, args, 
            "output": f"--output={tmp_path}/out"}
   for arg in args:
     flags[arg[2:].split("=")[0]] = arg.format(videos=videos, tmp=tmp_path)
-  result = fx.run_module("extraction.extract_features", *flags.values())
+  result = fx.run_module("video_swin_hub.extraction.extract_features", *flags.values())
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(message.format(videos=videos, tmp=tmp_path)), result.stderr[-2000:]

@@ -13,8 +13,8 @@ import pytest
 
 from publishing_fakes import fake_build
 import publishing_fakes
-from export.destinations import base
-from export.destinations import gcs
+from video_swin_hub.export.destinations import base
+from video_swin_hub.export.destinations import gcs
 
 BUCKET = "hub-bucket"
 

@@ -15,9 +15,9 @@ import tf_keras
 
 import torch_reference
 from conftest import normalise, relative_error, small_variant
-from hub_models import checkpoint, conversion
-from hub_models.backbone import VideoSwinBackbone
-from hub_models.hub_module import FeatureExtractor
+from video_swin_hub.hub_models import checkpoint, conversion
+from video_swin_hub.hub_models.backbone import VideoSwinBackbone
+from video_swin_hub.hub_models.hub_module import FeatureExtractor
 
 TOLERANCE = 1e-5
 FIXED = (32, 224, 224)

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from export import published_models
-from export.docs import kaggle as kaggle_docs
-from hub_models import variants
+from video_swin_hub.export import published_models
+from video_swin_hub.export.docs import kaggle as kaggle_docs
+from video_swin_hub.hub_models import variants
 
 HANDLE = "https://www.kaggle.com/models/alice/video-swin-transformer/tensorFlow2"
 

@@ -22,11 +22,11 @@ import tensorflow_hub as hub
 
 import conftest
 import torch_reference
-from export import packaging
-from export import published_models
-from export.destinations import base
-from export.destinations import kaggle
-from hub_models import variants
+from video_swin_hub.export import packaging
+from video_swin_hub.export import published_models
+from video_swin_hub.export.destinations import base
+from video_swin_hub.export.destinations import kaggle
+from video_swin_hub.hub_models import variants
 import kaggle_server
 from kaggle_server import KaggleServer
 
@@ -143,7 +143,7 @@ def test_first_publish_sets_every_field_in_the_creating_calls(kaggle_env, small_
   assert (f'kagglehub.model_download("{OWNER}/{MODEL}/tensorFlow2/{SMALL_MODEL.name}/1")'
           in usage)
   assert "keras.layers.TFSMLayer(path" in usage
-  assert f"python -m extraction.extract_features --model={handle}" in usage
+  assert f"python -m video_swin_hub.extraction.extract_features --model={handle}" in usage
   assert "tfhub.dev" not in usage + body["overview"]
   assert not kaggle_env.calls_to("UpdateModelInstance")  # nothing left to fix afterwards
 
@@ -299,7 +299,7 @@ def test_malformed_urls_are_refused():
 
 
 def _run_export_all(*args, env=None):
-  return subprocess.run([sys.executable, "-m", "export.export_all", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "video_swin_hub.export.export_all", *args], cwd=REPO,
                         env=env or dict(os.environ), capture_output=True, text=True, timeout=600,
                         check=False)
 
@@ -360,7 +360,7 @@ def test_cli_refusals_are_one_line_and_never_show_the_key(kaggle_env, tmp_path):
 # One publisher of a prepared version, as its own process (no TensorFlow: it starts quickly).
 _PUBLISHER = r"""
 import json, sys
-from export.destinations import base, kaggle
+from video_swin_hub.export.destinations import base, kaggle
 folder, manifest_path, root = sys.argv[1:4]
 with open(manifest_path) as f:
   manifest = json.load(f)

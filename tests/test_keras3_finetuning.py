@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import SMALL_ARCH
-from hub_models.backbone import VideoSwinBackbone
-from hub_models.hub_module import FeatureExtractor
+from video_swin_hub.hub_models.backbone import VideoSwinBackbone
+from video_swin_hub.hub_models.hub_module import FeatureExtractor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_HANDLE = "exports/swin_tiny_patch244_window877_kinetics400_1k/1"

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 import torch_reference
 from conftest import relative_error, small_variant
-from hub_models import checkpoint, conversion, variants
-from hub_models.backbone import VideoSwinBackbone, pool
-from hub_models.head import ClassificationHead
+from video_swin_hub.hub_models import checkpoint, conversion, variants
+from video_swin_hub.hub_models.backbone import VideoSwinBackbone, pool
+from video_swin_hub.hub_models.head import ClassificationHead
 
 TOLERANCE = 1e-5
 # Sizes that exercise end padding of patches and windows, odd spatial merges, and windows that

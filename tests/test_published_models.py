@@ -5,11 +5,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_variant
-from export import published_models
-from hub_models.backbone import VideoSwinBackbone
-from hub_models.head import ClassificationHead
-from hub_models import hub_module
-from hub_models import variants
+from video_swin_hub.export import published_models
+from video_swin_hub.hub_models.backbone import VideoSwinBackbone
+from video_swin_hub.hub_models.head import ClassificationHead
+from video_swin_hub.hub_models import hub_module
+from video_swin_hub.hub_models import variants
 
 TINY = variants.get("swin_tiny_patch244_window877_kinetics400_1k")
 OUTPUTS = published_models.OUTPUTS

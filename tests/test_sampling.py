@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from extraction import preprocess
-from extraction import sampling
+from video_swin_hub.extraction import preprocess
+from video_swin_hub.extraction import sampling
 
 
 def kinetics_expected(starts, clip_len=8, interval=2, num_frames=None):

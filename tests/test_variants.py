@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import torch_reference
-from hub_models import variants
-from hub_models.backbone import VideoSwinBackbone
+from video_swin_hub.hub_models import variants
+from video_swin_hub.hub_models.backbone import VideoSwinBackbone
 
 # Backbone parameter counts published for the official checkpoints (head excluded).
 PUBLISHED_BACKBONE_PARAMS = {

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import torch_reference
-from hub_models import windows
+from video_swin_hub.hub_models import windows
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import functools
 import numpy as np
 import torch
 
-from hub_models.variants import Architecture
+from video_swin_hub.hub_models.variants import Architecture
 
 _MISSING_SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",

@@ -1,4 +1,4 @@
-"""Writes small real `torch.save` files in every layout and format hub_models.checkpoint reads.
+"""Writes small real `torch.save` files in every layout and format video_swin_hub.hub_models.checkpoint reads.
 
 They seed tools/fuzz_checkpoint.py: official, mmaction2 and torchvision state dicts, each in the
 zip and the legacy format, with float16 and bfloat16 storages, several views of one storage,

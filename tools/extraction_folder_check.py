@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from extraction import records
+from video_swin_hub.extraction import records
 
 
 def stored_rows(output: str) -> Tuple[Dict[str, Tuple[np.ndarray, int]], List[str]]:

@@ -34,7 +34,7 @@ from typing import List, Sequence, Tuple
 from absl import app
 from absl import flags
 
-from extraction import records
+from video_swin_hub.extraction import records
 from tools import extraction_folder_check
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -45,7 +45,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the outputs (created
 _TRIALS = flags.DEFINE_integer("trials", 20, "Kill-and-rerun trials.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill delays.")
 
-TOOL = "extraction.extract_features"
+TOOL = "video_swin_hub.extraction.extract_features"
 
 
 def tool_command(output: str, extra: Sequence[str]) -> List[str]:

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzer (atheris, i.e. libFuzzer) for hub_models.checkpoint.load.
+"""Coverage-guided fuzzer (atheris, i.e. libFuzzer) for video_swin_hub.hub_models.checkpoint.load.
 
   nice -n 19 python -m tools.fuzz_checkpoint --max_time=1800 --work_dir=/tmp/fuzz_checkpoint
 
@@ -46,7 +46,7 @@ from typing import Callable, Dict, List, Optional
 
 from absl import app, flags
 
-from hub_models import checkpoint
+from video_swin_hub.hub_models import checkpoint
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FINDINGS_DIR = os.path.join(_REPO_ROOT, 'tests', 'data', 'checkpoint_corpus')
@@ -167,11 +167,11 @@ def _fuzz_child(launcher: str, findings_dir: str, per_input_seconds: float,
 
   global checkpoint  # pylint: disable=global-statement
   # Re-imported under instrumentation (numpy had imported pickle already).
-  instrumented = ('pickle', 'zipfile', 'hub_models.checkpoint')
+  instrumented = ('pickle', 'zipfile', 'video_swin_hub.hub_models.checkpoint')
   for name in instrumented:
     sys.modules.pop(name, None)
   with atheris.instrument_imports(include=list(instrumented)):
-    checkpoint = importlib.import_module('hub_models.checkpoint')
+    checkpoint = importlib.import_module('video_swin_hub.hub_models.checkpoint')
   scratch = tempfile.NamedTemporaryFile(prefix='fuzz-checkpoint-', suffix='.pth', delete=False)
   scratch.close()
   reported = set()

@@ -48,8 +48,8 @@ import time
 from absl import app
 from absl import flags
 
-from export.destinations import base
-from hub_models import variants as variants_lib
+from video_swin_hub.export.destinations import base
+from video_swin_hub.hub_models import variants as variants_lib
 from tests import publishing_fakes
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -80,20 +80,20 @@ _COMMIT_LEASE_S = 1.0
 
 
 def _model():
-  from export import published_models  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.export import published_models  # pylint: disable=g-import-not-at-top
   return published_models.PublishedModel(_VARIANT, input_size=_INPUT_SIZE)
 
 
 def _destination(root: str, stale_after_s: float = base.DestinationOptions.stale_after_s
                  ) -> base.Destination:
-  from export import destinations  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.export import destinations  # pylint: disable=g-import-not-at-top
   return destinations.open_destination(
       root, base.DestinationOptions(stale_after_s=stale_after_s, commit_lease_s=_COMMIT_LEASE_S))
 
 
 def child_main() -> None:
   """Publishes one version the way export_all does (printing its steps), then writes the docs."""
-  from export import pipeline  # pylint: disable=g-import-not-at-top
+  from video_swin_hub.export import pipeline  # pylint: disable=g-import-not-at-top
   destination = _destination(_CHILD_ROOT.value)
   model = _model()
   version = base.VersionId(model.name, _CHILD_VERSION.value)
@@ -185,7 +185,7 @@ def parent_main() -> None:
   work = tempfile.mkdtemp(prefix="publish-trials-")
   if _DESTINATION.value == "gcs":
     with publishing_fakes.fake_gcs_server(BUCKET):
-      from export.destinations import gcs  # pylint: disable=g-import-not-at-top
+      from video_swin_hub.export.destinations import gcs  # pylint: disable=g-import-not-at-top
       root = f"gs://{BUCKET}/trials"
       trials(work, root, _Reader(root, gcs.filesystem()))
   else:

@@ -8,18 +8,18 @@ data (below), so callers never branch on the kind of destination.
 
 import importlib
 
-from export.destinations import base
+from . import base
 
-# URL prefix -> module offering from_url. Anything else is a local folder.
+# URL prefix -> module (in this package) offering from_url. Anything else is a local folder.
 SCHEMES = {
-    "gs://": "export.destinations.gcs",
-    "kaggle://": "export.destinations.kaggle",
+    "gs://": "gcs",
+    "kaggle://": "kaggle",
 }
-_LOCAL = "export.destinations.local"
+_LOCAL = "local"
 
 
 def module_for(output_dir: str) -> str:
-  """The module name of the destination that `output_dir` names."""
+  """The name, relative to this package, of the destination module that `output_dir` names."""
   for prefix, module in SCHEMES.items():
     if output_dir.startswith(prefix):
       return module
@@ -34,5 +34,5 @@ def open_destination(output_dir: str,
   Raises:
     base.PublishError: the value is malformed for its kind, or its module cannot be used here.
   """
-  module = importlib.import_module(module_for(output_dir))
+  module = importlib.import_module(f".{module_for(output_dir)}", __package__)
   return module.from_url(output_dir, options)

@@ -23,7 +23,7 @@ import abc
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from export import errors
+from .. import errors
 
 Manifest = Dict[str, Any]  # the JSON record export/packaging.py writes; has "model", "version".
 Progress = Callable[[str], None]

@@ -60,8 +60,8 @@ import gcsfs
 import google_crc32c
 from gcsfs import retry as gcsfs_retry
 
-from export.destinations import base
-from export.docs import tfhub
+from . import base
+from ..docs import tfhub
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SCHEME = "gs://"

@@ -60,9 +60,9 @@ from kagglesdk.datasets.types import dataset_api_service
 from kagglesdk.models.types import model_api_service as api
 from kagglesdk.models.types import model_enums
 
-from export import published_models
-from export.destinations import base
-from export.docs import kaggle as kaggle_docs
+from .. import published_models
+from . import base
+from ..docs import kaggle as kaggle_docs
 
 SCHEME = "kaggle://"
 FRAMEWORK = "tensorFlow2"

@@ -30,9 +30,9 @@ import tempfile
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from export import files
-from export.destinations import base
-from export.docs import tfhub
+from .. import files
+from . import base
+from ..docs import tfhub
 
 LOCKS_DIR = ".locks"
 STAGING_DIR = ".staging"

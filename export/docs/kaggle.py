@@ -9,9 +9,9 @@ models are published.
 import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
-from export import published_models
-from export.docs import tfhub
-from hub_models import variants as variants_lib
+from .. import published_models
+from . import tfhub
+from ...hub_models import variants as variants_lib
 
 # The tfhub.dev writer's phrasing helpers are reused so that each fact has one wording everywhere.
 # pylint: disable=protected-access
@@ -30,7 +30,7 @@ CITATION = "\n".join([
     "  year={2021}",
     "}",
 ])
-_EXTRACTION_TOOL = "python -m extraction.extract_features"
+_EXTRACTION_TOOL = "python -m video_swin_hub.extraction.extract_features"
 _HANDLE_PATTERN = "https://www.kaggle.com/models/OWNER/MODEL/tensorFlow2/VARIATION/VERSION"
 
 

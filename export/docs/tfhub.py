@@ -10,9 +10,9 @@ import os
 import re
 from typing import Dict, List, Sequence, Tuple
 
-from export import files
-from export import published_models
-from hub_models import variants as variants_lib
+from .. import files
+from .. import published_models
+from ...hub_models import variants as variants_lib
 
 DEFAULT_PUBLISHER = "video-swin-hub"
 COLLECTION_NAME = "video-swin-transformer"

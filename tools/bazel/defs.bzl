@@ -1,4 +1,5 @@
-"""Macros for the native py rules: module entry points and pytest files as Bazel targets.
+"""Macros for the native py rules: the packages under their installed names, module entry points
+and pytest files as Bazel targets.
 
 Both generate a small launcher instead of using the source file as `main`: Bazel starts `main`
 by its runfiles path, and Python puts the directory of the symlink's *target* first on sys.path,
@@ -66,5 +67,41 @@ def py_pytest_test(name, files, pytest_args = [], deps = [], data = [], **kwargs
         args = pytest_args + ["$(rootpath {})".format(f) for f in files],
         deps = deps,
         data = data + ["//:pyproject.toml"],
+        **kwargs
+    )
+
+_NAMESPACE = "video_swin_hub"
+
+def _namespace_tree_impl(ctx):
+    files = []
+    for src in ctx.files.srcs:
+        # <package>/_installed/video_swin_hub/<package>/<module path>
+        out = ctx.actions.declare_file("/".join(["_installed", _NAMESPACE, src.short_path]))
+        ctx.actions.symlink(output = out, target_file = src)
+        files.append(out)
+    return [DefaultInfo(files = depset(files), runfiles = ctx.runfiles(files = files))]
+
+_namespace_tree = rule(
+    implementation = _namespace_tree_impl,
+    attrs = {"srcs": attr.label_list(allow_files = [".py"])},
+)
+
+def py_installed_library(name, srcs, deps = [], **kwargs):
+    """A py_library of this package's modules under the name the wheel installs them as,
+    `video_swin_hub.<package>` (see pyproject.toml), so that the relative imports between the
+    packages (export's `..hub_models`) resolve in Bazel's runfiles as they do when installed.
+
+    The modules are linked into `<package>/_installed/video_swin_hub/<package>/`, and only
+    `_installed` goes on sys.path: never the package folder itself, whose module names (export's
+    packaging.py) would shadow distributions. No __init__.py is generated above the package:
+    `video_swin_hub` is a namespace package with one portion per library.
+    """
+    _namespace_tree(name = name + "_tree", srcs = srcs, visibility = ["//visibility:private"])
+    native.py_library(
+        name = name,
+        srcs = [":" + name + "_tree"],
+        imports = ["_installed"],
+        srcs_version = "PY3",
+        deps = deps,
         **kwargs
     )
