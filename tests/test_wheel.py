@@ -7,18 +7,10 @@ import os
 import subprocess
 import zipfile
 
+from video_swin_hub.hub_models import variants
 # pytest finds these fixtures in the module namespace.
 from wheel_fixtures import REPO, wheel, wheel_env  # pylint: disable=unused-import
 
-# The six models of the collection, named here rather than read from the registry under test.
-COLLECTION = (
-    "swin_tiny_patch244_window877_kinetics400_1k",
-    "swin_small_patch244_window877_kinetics400_1k",
-    "swin_base_patch244_window877_kinetics400_1k",
-    "swin_base_patch244_window877_kinetics400_22k",
-    "swin_base_patch244_window877_kinetics600_22k",
-    "swin_base_patch244_window1677_sthv2",
-)
 TOOLS = {
     "video-swin-export-all": "video_swin_hub.export.export_all",
     "video-swin-export-savedmodel": "video_swin_hub.export.export_savedmodel",
@@ -87,7 +79,7 @@ def test_every_tool_runs_as_a_console_script_from_the_wheel(wheel_env, tmp_path)
   written = {str(p.relative_to(docs_root / "video-swin-hub"))
              for p in docs_root.rglob("*.md")}
   assert written == {"video-swin-hub.md", "collections/video-swin-transformer/1.md",
-                     *(f"models/{name}/1.md" for name in COLLECTION)}
+                     *(f"models/{v.name}/1.md" for v in variants.collection())}
   result = run_tool(wheel_env, "video-swin-validate-docs", f"--docs_root={docs_root}")
   assert result.returncode == 0, result.stderr[-3000:]
 
