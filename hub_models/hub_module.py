@@ -51,6 +51,12 @@ class VideoModule(tf.Module):
     self.variables = [v for m in modules for v in m.variables]
     self.trainable_variables = [v for m in modules for v in m.trainable_variables]
     self.regularization_losses = []
+    # The float32 graphs, one per clip shape and `training`, that the traces of `__call__` for
+    # each input dtype call instead of each holding a copy. Reached through a plain function, not
+    # a tf.function attribute: a save retraces every tf.function attribute on its own, and these
+    # are saved once already, inside the traces that call them.
+    float32_graph = tf.function(self._float32_outputs)
+    self._call_float32 = lambda video, training: float32_graph(video, training)
 
   @property
   def input_spec(self) -> tf.TensorSpec:
@@ -88,22 +94,23 @@ class VideoModule(tf.Module):
           lambda: self._call_float32(video_float32, training))
     return tf.cast(output, video.dtype)
 
-  @tf.function
-  def _call_float32(self, video: tf.Tensor, training: bool) -> tf.Tensor:
-    # Its own tf.function so that the traces for each input dtype call one graph per clip shape
-    # (float32 in and out, computing in the backbone's compute dtype) instead of each holding a
-    # copy of it.
+  def _float32_outputs(self, video: tf.Tensor, training: bool) -> tf.Tensor:
+    """`video` float32 `[B, 3, T, H, W]` -> the output, float32, computed in the backbone's
+    `compute_dtype`."""
     mean = tf.constant([m / 255.0 for m in RGB_MEAN], shape=[1, 3, 1, 1, 1])
     std = tf.constant([s / 255.0 for s in RGB_STD], shape=[1, 3, 1, 1, 1])
     x = tf.transpose((video - mean) / std, [0, 2, 3, 4, 1])
     return self._outputs(self.backbone(x, training=training), training)
 
   def _trackable_children(self, save_type="checkpoint", **kwargs):
-    # The float32 graphs are saved once, as functions that `__call__`'s traces call; saving them
-    # also as an attribute of their own would store a second copy of each.
-    children = super()._trackable_children(save_type, **kwargs)
-    children.pop("_call_float32", None)
-    return children
+    if save_type == "savedmodel":
+      # Traced here, inside the save: a save retraces under its own options whatever was traced
+      # before it, so traces made earlier would be built twice.
+      for dtype in INPUT_DTYPES:
+        for training in (False, True):
+          self.__call__.get_concrete_function(
+              tf.TensorSpec(self.dynamic_input_spec.shape, dtype, name="video"), training=training)
+    return super()._trackable_children(save_type, **kwargs)
 
   def save(self, path: str) -> None:
     """Writes the SavedModel to `path`.
@@ -113,11 +120,6 @@ class VideoModule(tf.Module):
     `input_spec`) and `serving_dynamic` (`dynamic_input_spec`) map float32 `video` to
     {output_key: output} float32.
     """
-    for dtype in INPUT_DTYPES:
-      for training in (False, True):
-        self.__call__.get_concrete_function(
-            tf.TensorSpec(self.dynamic_input_spec.shape, dtype, name="video"), training=training)
-
     @tf.function(input_signature=[self.input_spec])
     def serving_default(video):
       # A loaded signature does not check shapes: without this, another clip shape fails deep in
