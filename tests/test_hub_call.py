@@ -140,7 +140,8 @@ def test_a_save_builds_each_float32_graph_once(exported):
 
 
 def test_graph_stays_small_next_to_the_weights(exported):
-  """Twelve traces share two float32 graphs; saved_model.pb stays a few MB for any model."""
+  """Six traces of `__call__` share four float32 graphs; saved_model.pb stays a few MB for any
+  model."""
   _, path = exported
   graph = os.path.getsize(os.path.join(path, "saved_model.pb"))
   assert graph < 4_000_000
