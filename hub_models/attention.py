@@ -16,7 +16,8 @@ class WindowAttention(tf.Module):
   indexed with the first N x N entries of the configured window's index when the window shrinks,
   exactly as the official model does, so official weights apply at every input size.
 
-  The matmuls, the logits (with bias and mask added) and the softmax are in `compute_dtype`.
+  The matmuls, the logits (with bias and shift mask added) and the softmax are in
+  `compute_dtype`.
   """
 
   def __init__(self, features: int, num_heads: int, window_size: Sequence[int],
@@ -43,13 +44,14 @@ class WindowAttention(tf.Module):
     return tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1])
 
   def __call__(self, x: tf.Tensor, bias_index: tf.Tensor,
-               mask: Optional[tf.Tensor]) -> tf.Tensor:
+               regions: Optional[tf.Tensor]) -> tf.Tensor:
     """Attends within each window.
 
     Args:
       x: `[B * nW, N, C]` windows in `compute_dtype`, batch-major.
       bias_index: `[N * N]` int32 rows of the bias table.
-      mask: `[nW, N, N]` additive mask for shifted windows in `compute_dtype`, or None.
+      regions: `[nW, N, R]` one-hot regions of shifted windows' tokens in `compute_dtype` (see
+        `windows.shift_regions`), or None.
     Returns:
       `[B * nW, N, C]` in `compute_dtype`.
     """
@@ -63,15 +65,29 @@ class WindowAttention(tf.Module):
         tf.cast(self.qkv.bias * scale, dtype))
     qkv = tf.reshape(qkv, [-1, tokens, 3, self.num_heads, head_dim])
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
+    if regions is not None:
+      # q . k over these extra columns is -100 between tokens of different regions and exactly 0
+      # otherwise: the official shift mask, added by the matmul instead of by another pass over
+      # the `[B * nW, heads, N, N]` logits (the largest tensors of the model).
+      q = self._with_columns(q, -100.0 * regions)
+      k = self._with_columns(k, 1.0 - regions)
     attn = tf.matmul(q, k, transpose_b=True)
     attn = attn + self.relative_position_bias(bias_index, tokens)
-    if mask is not None:
-      num_windows = shapes.sizes(mask)[0]
-      attn = tf.reshape(attn, [-1, num_windows, self.num_heads, tokens, tokens])
-      attn = tf.reshape(attn + mask[:, None], [-1, self.num_heads, tokens, tokens])
     out = tf.matmul(tf.nn.softmax(attn), v)
     out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, tokens, features])
     return self.proj(out)
+
+
+  def _with_columns(self, x: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+    """`x` `[B * nW, heads, N, d]` with each window's `columns` `[nW, N, c]` appended in every
+    head: `[B * nW, heads, N, d + c]`."""
+    num_windows, tokens, width = shapes.sizes(columns)
+    x = tf.reshape(x, [-1, num_windows, self.num_heads, tokens, x.shape[-1]])
+    batch = shapes.sizes(x)[0]
+    columns = tf.broadcast_to(columns[None, :, None],
+                              [batch, num_windows, self.num_heads, tokens, width])
+    x = tf.concat([x, columns], -1)
+    return tf.reshape(x, [-1, self.num_heads, tokens, x.shape[-1]])
 
 
 class SwinBlock(tf.Module):
@@ -106,7 +122,7 @@ class SwinBlock(tf.Module):
     if shifted:
       y = tf.roll(y, shift=[-s for s in shift], axis=[1, 2, 3])
     y = self.attn(windows.partition(y, window), layout.bias_index,
-                  layout.mask if shifted else None)
+                  layout.regions if shifted else None)
     y = windows.merge(y, window, padded)
     if shifted:
       y = tf.roll(y, shift=list(shift), axis=[1, 2, 3])

@@ -34,7 +34,7 @@ class Stage(tf.Module):
   def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
     half = tuple(w // 2 for w in self.window_size)
     layout = windows.stage_layout(shapes.sizes(x)[1:4], self.window_size, half,
-                                  mask_dtype=self.compute_dtype)
+                                  dtype=self.compute_dtype)
     for block in self.blocks:
       x = block(x, layout, training=training)
     return self.downsample(x) if self.downsample is not None else x

@@ -2,7 +2,7 @@
 
 Sizes are Python ints when the clip shape is fixed at trace time and int32 scalar tensors when it
 is not (see `shapes.py`); the same functions serve both, and with static sizes they add no ops.
-Relative-position indices and attention masks are built from a handful of TF ops instead of being
+Relative-position indices and shift regions are built from a handful of TF ops instead of being
 stored as constants, so a saved graph stays small whatever the window or input size.
 """
 
@@ -93,22 +93,33 @@ def _region_labels(size: int, window: int, shift: int) -> tf.Tensor:
   return labels if isinstance(shift, int) else tf.where(tf.equal(shift, 0), 2, labels)
 
 
-def shift_mask(grid: Size3, window: Size3, shift: Size3,
-               dtype: tf.DType = tf.float32) -> Optional[tf.Tensor]:
-  """Additive mask `[nW, N, N]` of `dtype` for shifted windows over the padded `grid`, or None.
+REGION_CODES = 8  # a window spans at most two regions of the rolled grid per axis
 
-  Tokens that came from different regions of the rolled grid get -100 (not -inf, as the official
-  model), others 0. Returns None when no axis is shifted; run-time shifts that are all 0 give an
-  all-zero mask, which leaves the attention logits exactly unchanged.
+
+def shift_regions(grid: Size3, window: Size3, shift: Size3,
+                  dtype: tf.DType = tf.float32) -> Optional[tf.Tensor]:
+  """Which region of the rolled grid each token of each window came from, for the padded `grid`:
+  `[nW, N, REGION_CODES]` one-hot of `dtype`, or None when no axis is shifted.
+
+  The official model adds -100 (not -inf) to the attention logits of token pairs from different
+  regions. Along each axis a window spans at most two regions, so a token's region within its
+  window is one of 8 codes (a bit per axis: is its region that of the window's first token). With
+  `R` this one-hot, `-100 * R_i . (1 - R_j)` is the official mask: the attention adds it inside
+  its QK^T matmul (see `attention.WindowAttention`). Run-time shifts that are all 0 give every
+  token code 0, so a mask of exact zeros.
   """
   if not shapes.may_be_nonzero(shift):
     return None
-  ld, lh, lw = (_region_labels(g, w, s) for g, w, s in zip(grid, window, shift))
-  labels = ld[:, None, None] * 9 + lh[None, :, None] * 3 + lw[None, None, :]
-  labels = tf.reshape(labels, [1, *grid, 1])
-  labels = tf.squeeze(partition(labels, window), -1)
-  different = tf.not_equal(labels[:, :, None], labels[:, None, :])
-  return tf.where(different, tf.constant(-100.0, dtype), tf.constant(0.0, dtype))
+  bits = []
+  for size, width, offset in zip(grid, window, shift):
+    labels = tf.reshape(_region_labels(size, width, offset), [-1, width])
+    bits.append(tf.cast(tf.not_equal(labels, labels[:, :1]), tf.int32))
+  d, h, w = bits
+  # [windows along d, h, w, tokens along d, h, w]: windows d-major, tokens d-major, as `partition`.
+  codes = (4 * d[:, None, None, :, None, None] + 2 * h[None, :, None, None, :, None]
+           + w[None, None, :, None, None, :])
+  tokens = window[0] * window[1] * window[2]
+  return tf.one_hot(tf.reshape(codes, [-1, tokens]), REGION_CODES, dtype=dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +132,8 @@ class StageLayout:
     window: the effective window (shrunk to the grid where the grid is not larger).
     shift: the effective shift of the stage's shifted blocks (unshifted blocks use 0).
     padded: the grid rounded up to multiples of `window`.
-    mask: `[nW, N, N]` additive mask for the shifted blocks, in the attention logits' dtype, or
-      None.
+    regions: `[nW, N, REGION_CODES]` one-hot regions of the shifted blocks' tokens (see
+      `shift_regions`), in the attention's compute dtype, or None.
     bias_index: `[N * N]` int32 rows of the configured window's bias table for a window of
       N = prod(window) tokens.
   """
@@ -131,18 +142,18 @@ class StageLayout:
   window: Size3
   shift: Size3
   padded: Size3
-  mask: Optional[tf.Tensor]
+  regions: Optional[tf.Tensor]
   bias_index: tf.Tensor
 
 
 def stage_layout(grid: Size3, window: Sequence[int], shift: Sequence[int],
-                 mask_dtype: tf.DType = tf.float32) -> StageLayout:
+                 dtype: tf.DType = tf.float32) -> StageLayout:
   """The layout of a stage with token `grid` and the configured `window` and half-window `shift`;
-  the mask is built in `mask_dtype` (the attention logits' dtype), once for the stage's blocks."""
+  the regions are built in `dtype` (the attention's compute dtype), once for the stage's blocks."""
   effective, effective_shift = effective_window(grid, window, shift)
   padded = padded_grid(grid, effective)
   tokens = effective[0] * effective[1] * effective[2]
   index = relative_position_index(window)[:tokens, :tokens]
   return StageLayout(grid, effective, effective_shift, padded,
-                     shift_mask(padded, effective, effective_shift, mask_dtype),
+                     shift_regions(padded, effective, effective_shift, dtype),
                      tf.reshape(index, [-1]))
