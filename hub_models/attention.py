@@ -1,6 +1,6 @@
 """3D (shifted) window self-attention and the Swin Transformer block built on it."""
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -44,14 +44,14 @@ class WindowAttention(tf.Module):
     return tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1])
 
   def __call__(self, x: tf.Tensor, bias_index: tf.Tensor,
-               regions: Optional[tf.Tensor]) -> tf.Tensor:
+               mask_factors: Optional[Tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
     """Attends within each window.
 
     Args:
       x: `[B * nW, N, C]` windows in `compute_dtype`, batch-major.
       bias_index: `[N * N]` int32 rows of the bias table.
-      regions: `[nW, N, R]` one-hot regions of shifted windows' tokens in `compute_dtype` (see
-        `windows.shift_regions`), or None.
+      mask_factors: shifted windows' mask as `(queries, keys)`, each `[nW, N, R]` in
+        `compute_dtype` (see `windows.shift_mask_factors`), or None.
     Returns:
       `[B * nW, N, C]` in `compute_dtype`.
     """
@@ -65,18 +65,16 @@ class WindowAttention(tf.Module):
         tf.cast(self.qkv.bias * scale, dtype))
     qkv = tf.reshape(qkv, [-1, tokens, 3, self.num_heads, head_dim])
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
-    if regions is not None:
-      # q . k over these extra columns is -100 between tokens of different regions and exactly 0
-      # otherwise: the official shift mask, added by the matmul instead of by another pass over
-      # the `[B * nW, heads, N, N]` logits (the largest tensors of the model).
-      q = self._with_columns(q, -100.0 * regions)
-      k = self._with_columns(k, 1.0 - regions)
+    if mask_factors is not None:
+      # The matmul adds the mask through these extra columns, saving another pass over the
+      # `[B * nW, heads, N, N]` logits (the largest tensors of the model).
+      q = self._with_columns(q, mask_factors[0])
+      k = self._with_columns(k, mask_factors[1])
     attn = tf.matmul(q, k, transpose_b=True)
     attn = attn + self.relative_position_bias(bias_index, tokens)
     out = tf.matmul(tf.nn.softmax(attn), v)
     out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, tokens, features])
     return self.proj(out)
-
 
   def _with_columns(self, x: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
     """`x` `[B * nW, heads, N, d]` with each window's `columns` `[nW, N, c]` appended in every
@@ -122,7 +120,7 @@ class SwinBlock(tf.Module):
     if shifted:
       y = tf.roll(y, shift=[-s for s in shift], axis=[1, 2, 3])
     y = self.attn(windows.partition(y, window), layout.bias_index,
-                  layout.regions if shifted else None)
+                  layout.mask_factors if shifted else None)
     y = windows.merge(y, window, padded)
     if shifted:
       y = tf.roll(y, shift=list(shift), axis=[1, 2, 3])

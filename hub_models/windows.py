@@ -2,7 +2,7 @@
 
 Sizes are Python ints when the clip shape is fixed at trace time and int32 scalar tensors when it
 is not (see `shapes.py`); the same functions serve both, and with static sizes they add no ops.
-Relative-position indices and shift regions are built from a handful of TF ops instead of being
+Relative-position indices and shift masks are built from a handful of TF ops instead of being
 stored as constants, so a saved graph stays small whatever the window or input size.
 """
 
@@ -96,17 +96,19 @@ def _region_labels(size: int, window: int, shift: int) -> tf.Tensor:
 REGION_CODES = 8  # a window spans at most two regions of the rolled grid per axis
 
 
-def shift_regions(grid: Size3, window: Size3, shift: Size3,
-                  dtype: tf.DType = tf.float32) -> Optional[tf.Tensor]:
-  """Which region of the rolled grid each token of each window came from, for the padded `grid`:
-  `[nW, N, REGION_CODES]` one-hot of `dtype`, or None when no axis is shifted.
+def shift_mask_factors(grid: Size3, window: Size3, shift: Size3, dtype: tf.DType = tf.float32
+                       ) -> Optional[Tuple[tf.Tensor, tf.Tensor]]:
+  """The official shift mask `[nW, N, N]` for the padded `grid` as two factors `(queries, keys)`,
+  each `[nW, N, REGION_CODES]` of `dtype`, with `mask = queries @ keys^T`; None when no axis is
+  shifted.
 
   The official model adds -100 (not -inf) to the attention logits of token pairs from different
-  regions. Along each axis a window spans at most two regions, so a token's region within its
-  window is one of 8 codes (a bit per axis: is its region that of the window's first token). With
-  `R` this one-hot, `-100 * R_i . (1 - R_j)` is the official mask: the attention adds it inside
-  its QK^T matmul (see `attention.WindowAttention`). Run-time shifts that are all 0 give every
-  token code 0, so a mask of exact zeros.
+  regions of the rolled grid. Along each axis a window spans at most two regions, so a token's
+  region within its window is one of 8 codes (a bit per axis: is its region that of the window's
+  first token). With `R` the one-hot of the codes, `queries = -100 R` and `keys = 1 - R`: their
+  product is -100 across regions and exactly 0 within one. The attention appends them to q and k,
+  so its QK^T matmul adds the mask (see `attention.WindowAttention`). Run-time shifts that are all 0
+  give every token code 0, so a mask of exact zeros.
   """
   if not shapes.may_be_nonzero(shift):
     return None
@@ -119,7 +121,8 @@ def shift_regions(grid: Size3, window: Size3, shift: Size3,
   codes = (4 * d[:, None, None, :, None, None] + 2 * h[None, :, None, None, :, None]
            + w[None, None, :, None, None, :])
   tokens = window[0] * window[1] * window[2]
-  return tf.one_hot(tf.reshape(codes, [-1, tokens]), REGION_CODES, dtype=dtype)
+  regions = tf.one_hot(tf.reshape(codes, [-1, tokens]), REGION_CODES, dtype=dtype)
+  return -100.0 * regions, 1.0 - regions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +135,8 @@ class StageLayout:
     window: the effective window (shrunk to the grid where the grid is not larger).
     shift: the effective shift of the stage's shifted blocks (unshifted blocks use 0).
     padded: the grid rounded up to multiples of `window`.
-    regions: `[nW, N, REGION_CODES]` one-hot regions of the shifted blocks' tokens (see
-      `shift_regions`), in the attention's compute dtype, or None.
+    mask_factors: the shifted blocks' mask as `(queries, keys)`, each `[nW, N, REGION_CODES]` in
+      the attention's compute dtype (see `shift_mask_factors`), or None.
     bias_index: `[N * N]` int32 rows of the configured window's bias table for a window of
       N = prod(window) tokens.
   """
@@ -142,18 +145,18 @@ class StageLayout:
   window: Size3
   shift: Size3
   padded: Size3
-  regions: Optional[tf.Tensor]
+  mask_factors: Optional[Tuple[tf.Tensor, tf.Tensor]]
   bias_index: tf.Tensor
 
 
 def stage_layout(grid: Size3, window: Sequence[int], shift: Sequence[int],
                  dtype: tf.DType = tf.float32) -> StageLayout:
   """The layout of a stage with token `grid` and the configured `window` and half-window `shift`;
-  the regions are built in `dtype` (the attention's compute dtype), once for the stage's blocks."""
+  the mask factors are built in `dtype` (the attention's compute dtype), once for the stage's blocks."""
   effective, effective_shift = effective_window(grid, window, shift)
   padded = padded_grid(grid, effective)
   tokens = effective[0] * effective[1] * effective[2]
   index = relative_position_index(window)[:tokens, :tokens]
   return StageLayout(grid, effective, effective_shift, padded,
-                     shift_regions(padded, effective, effective_shift, dtype),
+                     shift_mask_factors(padded, effective, effective_shift, dtype),
                      tf.reshape(index, [-1]))

@@ -39,21 +39,21 @@ def test_relative_position_index_equals_torchvision_buffer(tv, window):
     ((32, 14, 14), (16, 7, 7), (0, 3, 3)),
     ((6, 9, 10), (3, 3, 5), (1, 1, 2)),
 ])
-def test_shift_regions_give_torchvision_mask(tv, grid, window, shift):
+def test_shift_mask_factors_give_torchvision_mask(tv, grid, window, shift):
   import torch  # pylint: disable=import-outside-toplevel
   want = tv._compute_attention_mask_3d(torch.zeros(1), grid, window, shift)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(mask(windows.shift_regions(grid, window, shift)), want.numpy())
+  np.testing.assert_array_equal(mask(windows.shift_mask_factors(grid, window, shift)), want.numpy())
 
 
-def test_no_regions_without_shift():
-  assert windows.shift_regions((16, 56, 56), (8, 7, 7), (0, 0, 0)) is None
+def test_no_mask_without_shift():
+  assert windows.shift_mask_factors((16, 56, 56), (8, 7, 7), (0, 0, 0)) is None
 
 
-def mask(regions: tf.Tensor) -> np.ndarray:
+def mask(factors) -> np.ndarray:
   """The additive mask `[nW, N, N]` that the attention's extra q and k columns add to its logits."""
-  r = regions.numpy()
-  assert r.shape[-1] == windows.REGION_CODES and set(np.unique(r)) <= {0.0, 1.0}
-  return -100.0 * np.einsum("wnc,wmc->wnm", r, 1.0 - r)
+  queries, keys = (f.numpy() for f in factors)
+  assert queries.shape == keys.shape and queries.shape[-1] == windows.REGION_CODES
+  return np.einsum("wnc,wmc->wnm", queries, keys)
 
 
 def test_partition_and_merge_are_inverse():
@@ -85,4 +85,4 @@ def test_layout_from_run_time_sizes_equals_torchvision(tv, grid):
     want = tv._compute_attention_mask_3d(torch.zeros(1), padded, window, shift).numpy()  # pylint: disable=protected-access
   else:  # the official model adds no mask; a run-time zero shift gives an all-zero one
     want = np.zeros([int(np.prod(padded)) // tokens, tokens, tokens], np.float32)
-  np.testing.assert_array_equal(mask(layout.regions), want)
+  np.testing.assert_array_equal(mask(layout.mask_factors), want)
