@@ -36,12 +36,13 @@ class WindowAttention(tf.Module):
     self.proj = layers.Dense(features, features, compute_dtype=compute_dtype, name="proj")
 
   def relative_position_bias(self, bias_index: tf.Tensor, tokens: shapes.Size) -> tf.Tensor:
-    """Bias `[heads, N, N]` in `compute_dtype` from the table rows `bias_index` `[N * N]` (see
-    `windows.StageLayout`)."""
+    """Bias `[heads * N * N]` (head-major, as the flattened `[heads, N, N]` logits of a window) in
+    `compute_dtype` from the table rows `bias_index` `[N * N]` (see `windows.StageLayout`)."""
     # Casting the small table, not the gathered N x N bias, keeps the cast cheap.
     table = tf.cast(self.relative_position_bias_table, self.compute_dtype)
     bias = tf.gather(table, bias_index)
-    return tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1])
+    return tf.reshape(tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1]),
+                      [-1])
 
   def __call__(self, x: tf.Tensor, bias_index: tf.Tensor,
                mask_factors: Optional[Tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
@@ -74,10 +75,9 @@ class WindowAttention(tf.Module):
     # A BiasAdd over each window's flattened maps is a quarter faster in bfloat16 than the
     # broadcasting add of `[heads, N, N]` (the same in float32), and exact either way.
     maps = shapes.reshape_target(attn)
-    attn = tf.reshape(tf.nn.bias_add(tf.reshape(attn, [-1, self.num_heads * tokens * tokens]),
-                                     tf.reshape(self.relative_position_bias(bias_index, tokens),
-                                                [-1])),
-                      maps)
+    attn = tf.nn.bias_add(tf.reshape(attn, [-1, self.num_heads * tokens * tokens]),
+                          self.relative_position_bias(bias_index, tokens))
+    attn = tf.reshape(attn, maps)
     out = tf.matmul(tf.nn.softmax(attn), v)
     out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, tokens, features])
     return self.proj(out)
