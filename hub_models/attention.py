@@ -36,13 +36,13 @@ class WindowAttention(tf.Module):
     self.proj = layers.Dense(features, features, compute_dtype=compute_dtype, name="proj")
 
   def relative_position_bias(self, bias_index: tf.Tensor, tokens: shapes.Size) -> tf.Tensor:
-    """Bias `[heads * N * N]` (head-major, as the flattened `[heads, N, N]` logits of a window) in
+    """Bias `[heads, 1, N, N]` (to broadcast over the windows of head-major logits) in
     `compute_dtype` from the table rows `bias_index` `[N * N]` (see `windows.StageLayout`)."""
     # Casting the small table, not the gathered N x N bias, keeps the cast cheap.
     table = tf.cast(self.relative_position_bias_table, self.compute_dtype)
     bias = tf.gather(table, bias_index)
     return tf.reshape(tf.transpose(tf.reshape(bias, [tokens, tokens, self.num_heads]), [2, 0, 1]),
-                      [-1])
+                      [self.num_heads, 1, tokens, tokens])
 
   def __call__(self, x: tf.Tensor, bias_index: tf.Tensor,
                mask_factors: Optional[Tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
@@ -58,40 +58,35 @@ class WindowAttention(tf.Module):
     """
     tokens, features = shapes.sizes(x)[1], x.shape[2]
     head_dim = features // self.num_heads
-    # Scaling q through the (small) weights instead of the activations saves a pass over q.
-    scale = tf.concat([tf.fill([features], self.scale), tf.ones([2 * features])], 0)
     dtype = self.compute_dtype
-    qkv = tf.nn.bias_add(
-        tf.matmul(tf.reshape(x, [-1, features]), tf.cast(self.qkv.kernel * scale, dtype)),
-        tf.cast(self.qkv.bias * scale, dtype))
+    qkv = self.qkv(tf.reshape(x, [-1, features]))
     qkv = tf.reshape(qkv, [-1, tokens, 3, self.num_heads, head_dim])
-    q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
+    # Head-major `[heads, B * nW, N, d]`, so that the bias broadcasts over windows as
+    # `[heads, 1, N, N]`. In that form TF's remapper fuses `BatchMatMul -> Mul(scale) -> Add(bias)`
+    # into one oneDNN matmul, which scales and adds the bias instead of two more passes over the
+    # logits (the largest tensors of the model).
+    q, k, v = tf.unstack(tf.transpose(qkv, [2, 3, 0, 1, 4]))
     if mask_factors is not None:
-      # The matmul adds the mask through these extra columns, saving another pass over the
-      # `[B * nW, heads, N, N]` logits (the largest tensors of the model).
-      q = self._with_columns(q, mask_factors[0])
+      # The matmul adds the mask through these extra columns, saving another such pass; the
+      # queries' columns are divided by the scale the logits are multiplied by.
+      q = self._with_columns(q, mask_factors[0] / tf.constant(self.scale, dtype))
       k = self._with_columns(k, mask_factors[1])
-    attn = tf.matmul(q, k, transpose_b=True)
-    # A BiasAdd over each window's flattened maps is a quarter faster in bfloat16 than the
-    # broadcasting add of `[heads, N, N]` (the same in float32), and exact either way.
-    maps = shapes.reshape_target(attn)
-    attn = tf.nn.bias_add(tf.reshape(attn, [-1, self.num_heads * tokens * tokens]),
-                          self.relative_position_bias(bias_index, tokens))
-    attn = tf.reshape(attn, maps)
-    out = tf.matmul(tf.nn.softmax(attn), v)
-    out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, tokens, features])
+    attn = tf.matmul(q, k, transpose_b=True) * tf.constant(self.scale, dtype)
+    attn = tf.nn.softmax(attn + self.relative_position_bias(bias_index, tokens))
+    out = tf.matmul(attn, v)
+    out = tf.reshape(tf.transpose(out, [1, 2, 0, 3]), [-1, tokens, features])
     return self.proj(out)
 
   def _with_columns(self, x: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
-    """`x` `[B * nW, heads, N, d]` with each window's `columns` `[nW, N, c]` appended in every
-    head: `[B * nW, heads, N, d + c]`."""
+    """`x` `[heads, B * nW, N, d]` with each window's `columns` `[nW, N, c]` appended in every
+    head: `[heads, B * nW, N, d + c]`."""
     num_windows, tokens, width = shapes.sizes(columns)
-    x = tf.reshape(x, [-1, num_windows, self.num_heads, tokens, x.shape[-1]])
-    batch = shapes.sizes(x)[0]
-    columns = tf.broadcast_to(columns[None, :, None],
-                              [batch, num_windows, self.num_heads, tokens, width])
+    x = tf.reshape(x, [self.num_heads, -1, num_windows, tokens, x.shape[-1]])
+    batch = shapes.sizes(x)[1]
+    columns = tf.broadcast_to(columns[None, None],
+                              [self.num_heads, batch, num_windows, tokens, width])
     x = tf.concat([x, columns], -1)
-    return tf.reshape(x, [-1, self.num_heads, tokens, x.shape[-1]])
+    return tf.reshape(x, [self.num_heads, -1, tokens, x.shape[-1]])
 
 
 class SwinBlock(tf.Module):
