@@ -19,12 +19,14 @@ inter-op thread, OMP_NUM_THREADS alike), these implementations of one registered
     architecture and its own random weights, plus the mean pooling, in a `tf.function`, in float32
     and under the Keras `mixed_bfloat16` policy;
 
-and TensorFlow's 2048^3 float32 and bfloat16 matmul rates. The peers get their input normalised
-(keras-cv's also transposed to channels last) outside the timing, so they do slightly less timed
-work than ours. Every implementation (and the matmul) runs in its own worker process, started
-once: thread pools of several frameworks in one process disturb each other. The parent drives them
-over pipes one call at a time, in a rotating order each round, so all see the same machine state
-and never run at once.
+and TensorFlow's 2048^3 float32 and bfloat16 matmul rates and the attention kernels of one call
+(`AttentionRunner`: per block, the fused `q k^T * scale + bias`, the softmax and the product with
+v, at the model's shapes, each one pass over the attention maps). The peers get their input
+normalised (keras-cv's also transposed to channels last) outside the timing, so they do slightly
+less timed work than ours. Every implementation (and the matmul and attention kernels) runs in its
+own worker process, started once: thread pools of several frameworks in one process disturb each
+other. The parent drives them over pipes one call at a time, in a rotating order each round, so all
+see the same machine state and never run at once.
 
 Prints, per variant and batch size, one row per implementation: seconds per clip (median and min
 over `--repeats` rounds), the fraction of the ceiling (the floor for the clip's FLOPs at the matmul
@@ -36,6 +38,14 @@ columns are our fraction of the ceiling. The FLOPs are the matmul and convolutio
 multiply-accumulate) of torchvision's forward at batch 1, counted by
 `torch.utils.flop_counter.FlopCounterMode` (Swin-T at 32x224x224: 175.5 GFLOP, Swin-B 562.7, twice the published MACs);
 the softmax, LayerNorm and elementwise work is not counted, so the ceiling is a little optimistic.
+
+The two stock-TF bound rows are a floor for any TensorFlow graph of stock kernels, which must write
+and read the attention maps: the FLOPs outside the attention at the round's matmul rate plus the
+round's attention kernels (they leave out the LayerNorms, GELUs, window transposes and residual
+adds, so the real floor is higher). The lines under the table split the bound into its two parts
+and give the largest ratio to each peer that a model at the bound would reach. The attention
+matmuls' FLOPs from the kernels' shapes must equal torch's count of torchvision's batched matmuls,
+or the run stops with an error.
 
 An implementation that fails for a variant prints `failed: ...` in its row; the others go on.
 
@@ -62,7 +72,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -274,6 +284,85 @@ class MatmulRunner:
             for dtype, count in self.counts.items()}
 
 
+class AttentionRunner:
+  """The attention kernels of one model call, in float32 and bfloat16, as stock TensorFlow runs
+  them: for every block, `softmax(q k^T * scale + bias) v` over head-major `[heads, B * nW, N, d]`
+  (on a CPU one oneDNN matmul with the scale and bias fused, a softmax and a matmul: each one pass
+  over the `[heads, B * nW, N, N]` maps, the fewest any graph of stock ops can make).
+
+  The shift mask's extra columns are left out, so this is a little less than the model's work.
+  `prepare` gives the attention matmuls' FLOPs per clip (checked against torch's count); `run`
+  gives seconds per call of each dtype.
+  """
+
+  def __init__(self, precision: str, threads: int):
+    del precision
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    self.tf = tf
+    _tf_threads(tf, threads)
+    self.calls = {}
+
+  def device(self) -> str:
+    return _tf_device(self.tf)
+
+  def prepare(self, variant_name: str, input_size, batch: int) -> float:
+    tf = self.tf
+    stages = _attention_shapes(_variant(variant_name).architecture, input_size, batch)
+    rng = np.random.RandomState(0)
+    for dtype in ("float32", "bfloat16"):
+      operands = []
+      for heads, windows, tokens, head_dim, depth in stages:
+        q, k, v = (tf.cast(rng.standard_normal([heads, windows, tokens, head_dim]), dtype)
+                   for _ in range(3))
+        bias = tf.cast(rng.standard_normal([heads, 1, tokens, tokens]), dtype)
+        operands.append((q, k, v, bias, tf.constant(head_dim ** -0.5, dtype), depth))
+      self.calls[dtype] = self._attention(operands)
+      self.calls[dtype]()
+    return sum(4.0 * windows * heads * tokens ** 2 * head_dim * depth
+               for heads, windows, tokens, head_dim, depth in stages) / batch
+
+  def _attention(self, operands):
+    tf = self.tf
+
+    @tf.function(autograph=False)
+    def attention():
+      total = []
+      for q, k, v, bias, scale, depth in operands:
+        # Each block attends with the last one's output, so that no two blocks are the same
+        # computation (grappler would merge them).
+        for _ in range(depth):
+          q = tf.matmul(tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + bias), v)
+        total.append(tf.cast(q[0, 0, 0, 0], tf.float32))
+      return tf.add_n(total)
+
+    return attention
+
+  def run(self) -> Dict[str, float]:
+    seconds = {}
+    for dtype, attention in self.calls.items():
+      start = time.perf_counter()
+      attention().numpy()
+      seconds[dtype] = time.perf_counter() - start
+    return seconds
+
+
+def _attention_shapes(arch, input_size, batch: int) -> List[tuple]:
+  """(heads, B * nW, N, head dim, blocks) of each stage's window attention for `input_size` clips,
+  windows shrunk and grids padded as the model does."""
+  from video_swin_hub.hub_models import windows  # pylint: disable=import-outside-toplevel
+  grid = [-(-size // patch) for size, patch in zip(input_size, arch.patch_size)]
+  stages = []
+  for i, (depth, heads) in enumerate(zip(arch.depths, arch.num_heads)):
+    window, _ = windows.effective_window(grid, arch.window_size,
+                                         [w // 2 for w in arch.window_size])
+    padded = windows.padded_grid(grid, window)
+    num_windows = int(np.prod([p // w for p, w in zip(padded, window)]))
+    stages.append((heads, batch * num_windows, int(np.prod(window)),
+                   arch.embed_dim * 2**i // heads, depth))
+    grid = [grid[0], -(-grid[1] // 2), -(-grid[2] // 2)]
+  return stages
+
+
 def _variant(name: str) -> variants_lib.Variant:
   """The registered variant `name`, or the tests' narrow one for SMOKE_VARIANT."""
   if name == SMOKE_VARIANT:
@@ -414,8 +503,9 @@ def _parse_flags():
   return chosen, batch_sizes, input_size, implementations
 
 
-def _flops_per_clip(model, input_size) -> float:
-  """Matmul and convolution FLOPs of torchvision's forward for one clip, counted by torch.
+def _flops_per_clip(model, input_size) -> Tuple[float, float]:
+  """(all, attention) matmul and convolution FLOPs of torchvision's forward for one clip, counted
+  by torch; the attention's are its batched matmuls (q k^T and the weights times v).
 
   Moves `model` to the meta device: shapes alone give the count, without computing anything.
   """
@@ -425,7 +515,8 @@ def _flops_per_clip(model, input_size) -> float:
   counter = flop_counter.FlopCounterMode(display=False)
   with torch.inference_mode(), counter:
     model.norm(model.features(model.patch_embed(torch.zeros(1, 3, *input_size, device="meta"))))
-  return float(counter.get_total_flops())
+  attention = counter.get_flop_counts()["Global"].get(torch.ops.aten.bmm, 0)
+  return float(counter.get_total_flops()), float(attention)
 
 
 @dataclasses.dataclass
@@ -443,8 +534,10 @@ class Row:
 
 
 def _measure(workers: Dict[str, Worker], active: Sequence[str], rows: Dict[str, Row],
-             rates: Dict[str, List[float]], repeats: int) -> None:
-  """Rounds of one call per active worker, in a rotating order, then one matmul measurement."""
+             rates: Dict[str, List[float]], attention: Dict[str, List[float]],
+             repeats: int) -> None:
+  """Rounds of one call per active worker, in a rotating order, then one matmul measurement and
+  one call of the attention kernels."""
   for round_index in range(repeats):
     shift = round_index % len(active)
     for key in list(active[shift:]) + list(active[:shift]):
@@ -456,21 +549,33 @@ def _measure(workers: Dict[str, Worker], active: Sequence[str], rows: Dict[str, 
         rows[key].failure = errors.one_line(error)
     for dtype, rate in workers["matmul"].call("run").items():
       rates[dtype].append(rate)
+    for dtype, seconds in workers["attention"].call("run").items():
+      attention[dtype].append(seconds)
 
 
-def _print_table(title: str, rows: Sequence[Row], rates: Dict[str, List[float]], flops: float,
+def _print_table(title: str, rows: Sequence[Row], rates: Dict[str, List[float]],
+                 attention: Dict[str, List[float]], flops: Tuple[float, float],
                  batch: int) -> None:
+  total, attention_flops = flops
+  dense = total - attention_flops
   ceiling = {dtype: Row(f"ceiling {dtype} ({statistics.median(r):.0f} GFLOP/s)", dtype,
-                        [flops / (rate * 1e9) for rate in r]) for dtype, r in rates.items()}
+                        [total / (rate * 1e9) for rate in r]) for dtype, r in rates.items()}
+  # Per round: the matmuls and convolutions outside the attention at that round's matmul rate,
+  # plus that round's attention kernels.
+  bound = {dtype: Row(f"stock-TF bound {dtype}", dtype,
+                      [dense / (rate * 1e9) + seconds / batch
+                       for rate, seconds in zip(rates[dtype], attention[dtype])])
+           for dtype in rates}
   ours = {row.precision: row for row in rows
           if row.label.startswith("ours") and row.seconds}
-  print(f"\n== {title}, batch {batch}: {flops / 1e9:.4g} GFLOP per clip")
+  print(f"\n== {title}, batch {batch}: {total / 1e9:.4g} GFLOP per clip, "
+        f"{attention_flops / 1e9:.4g} of them in the attention")
   header = f"{'implementation':38s}{'s/clip median':>14s}{'min':>9s}{'of ceiling':>12s}" \
            f"{'error vs torch fp32':>21s}"
   for precision in ours:
     header += f"{'ours ' + ('fp32' if precision == 'float32' else 'bf16') + ' faster':>18s}"
   print(header)
-  for row in [*rows, *ceiling.values()]:
+  for row in [*rows, *ceiling.values(), *bound.values()]:
     if row.failure or not row.seconds:
       print(f"{row.label:38s}  failed: {row.failure}")
       continue
@@ -481,6 +586,15 @@ def _print_table(title: str, rows: Sequence[Row], rates: Dict[str, List[float]],
     for ours_row in ours.values():
       line += f"{row.median / ours_row.median:17.2f}x"
     print(line, flush=True)
+  for dtype, row in bound.items():
+    kernels = statistics.median(attention[dtype]) / batch
+    print(f"stock-TF bound {dtype}: {row.median - kernels:.3f} s of matmuls outside the "
+          f"attention at the ceiling + {kernels:.3f} s of attention kernels", flush=True)
+  for peer in rows:
+    if peer.label.startswith("ours") or peer.failure or not peer.seconds:
+      continue
+    best = ", ".join(f"{peer.median / row.median:.2f}x in {dtype}" for dtype, row in bound.items())
+    print(f"with stock TF kernels at best {best} faster than {peer.label}", flush=True)
 
 
 def _call_all(workers: Dict[str, Worker], rows: Dict[str, Row], method: str, *args) -> dict:
@@ -519,6 +633,8 @@ def _run(workdir: str) -> None:
       workers[impl.key] = Worker(impl.key, impl.runner, impl.precision,
                                  _worker_env(keras3=impl.runner == "KerasCvRunner"))
     workers["matmul"] = Worker("matmul", "MatmulRunner", "float32", _worker_env(keras3=False))
+    workers["attention"] = Worker("attention", "AttentionRunner", "float32",
+                                  _worker_env(keras3=False))
     # Made while the workers import their frameworks.
     references = _reference_checkpoints(chosen, input_size, workdir)
     started = {impl.key: Row(impl.label, impl.precision) for impl in implementations}
@@ -528,6 +644,7 @@ def _run(workdir: str) -> None:
       except BenchmarkError as error:
         row.failure = errors.one_line(error)
     workers["matmul"].receive()
+    workers["attention"].receive()
     devices = sorted(set(_call_all(workers, started, "device").values()) |
                      {workers["matmul"].call("device")})
     print(f"{_THREADS.value} threads, malloc {_MALLOC.value}, clips "
@@ -548,11 +665,17 @@ def _run(workdir: str) -> None:
           for key, got in features.items():
             if IMPLEMENTATIONS[key].same_weights:
               batch_rows[key].error = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        attention_flops = workers["attention"].call("prepare", variant.name, input_size, batch)
+        if abs(attention_flops - flops[1]) > 1e-6 * flops[1]:
+          raise BenchmarkError(
+              f"{variant.name}: the attention kernels' shapes give {attention_flops:.6g} FLOPs "
+              f"per clip, torchvision's batched matmuls {flops[1]:.6g}")
         rates = {"float32": [], "bfloat16": []}
-        _measure(workers, list(batch_rows), batch_rows, rates, _REPEATS.value)
+        attention = {"float32": [], "bfloat16": []}
+        _measure(workers, list(batch_rows), batch_rows, rates, attention, _REPEATS.value)
         for row in batch_rows.values():
           row.seconds = [s / batch for s in row.seconds]
-        _print_table(variant.name, list(batch_rows.values()), rates, flops, batch)
+        _print_table(variant.name, list(batch_rows.values()), rates, attention, flops, batch)
   finally:
     for worker in workers.values():
       worker.stop()

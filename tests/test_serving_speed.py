@@ -1,5 +1,5 @@
-"""Smoke run of benchmarks/serving_speed.py through its CLI: every implementation and both
-ceilings get a row whose columns are numbers (no timing is asserted)."""
+"""Smoke run of benchmarks/serving_speed.py through its CLI: every implementation, both ceilings and
+both stock-TF bounds get a row whose columns are numbers (no timing is asserted)."""
 
 import os
 import re
@@ -44,3 +44,18 @@ def test_smoke_run_prints_every_row():
     assert float(match.group(1)) > 0
   ours = _row("ours fp32", True).search(out)
   assert re.findall(NUMBER + "x", ours.group(5))[0] == "1.00x"
+  # The run checked the attention kernels' shapes against torch's count of the batched matmuls;
+  # SMALL_ARCH's windows shrink at 4x32x32, so that check covers the shrinking too.
+  assert re.search(rf"GFLOP per clip, ({NUMBER}) of them in the attention", out), out
+  for dtype in ("float32", "bfloat16"):
+    row = _row(f"stock-TF bound {dtype}", False).search(out)
+    assert row, f"no bound row for {dtype} in:\n{out}"
+    parts = re.search(rf"^stock-TF bound {dtype}: ({NUMBER}) s of matmuls outside the attention "
+                      rf"at the ceiling \+ ({NUMBER}) s of attention kernels$", out, re.MULTILINE)
+    assert parts, f"no split of the {dtype} bound in:\n{out}"
+    assert float(parts.group(2)) > 0
+    # The bound is its two parts (each printed to 3 decimals).
+    assert abs(float(parts.group(1)) + float(parts.group(2)) - float(row.group(1))) <= 0.0015
+  for peer in ("torchvision fp32", "torchvision bf16", "keras-cv fp32", "keras-cv bf16"):
+    assert re.search(rf"^with stock TF kernels at best {NUMBER}x in float32, {NUMBER}x in "
+                     rf"bfloat16 faster than {re.escape(peer)}$", out, re.MULTILINE), out
