@@ -41,18 +41,32 @@ def _ops_run(serving, video) -> collections.Counter:
   return ops
 
 
-@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_every_block_fuses_scale_and_bias_into_its_qk_matmul(tmp_path, dtype):
+@pytest.fixture(scope="module", params=[tf.float32, tf.bfloat16], ids=["float32", "bfloat16"])
+def model(request, tmp_path_factory):
   tf.keras.utils.set_random_seed(0)
-  backbone = VideoSwinBackbone(SMALL_ARCH, compute_dtype=dtype)
-  path = str(tmp_path / "model")
+  backbone = VideoSwinBackbone(SMALL_ARCH, compute_dtype=request.param)
+  path = str(tmp_path_factory.mktemp("fusion") / "model")
   FeatureExtractor(backbone, SIZE).save(path)
-  serving = tf.saved_model.load(path).signatures["serving_default"]
+  return tf.saved_model.load(path)
+
+
+def test_every_block_fuses_scale_and_bias_into_its_qk_matmul(model):
   video = tf.constant(np.random.RandomState(0).rand(2, 3, *SIZE).astype(np.float32))
 
-  ops = _ops_run(serving, video)
+  ops = _ops_run(model.signatures["serving_default"], video)
 
   blocks = sum(SMALL_ARCH.depths)
   assert ops["_MklFusedBatchMatMulV2", ("Mul", "Add")] == blocks, ops
   # The other matmul of each block (weights times values) stays a plain batch matmul.
   assert sum(n for (op, _), n in ops.items() if "BatchMatMul" in op) == 2 * blocks, ops
+
+
+def test_run_time_sizes_fuse_too(model):
+  # Another clip shape than the fixed signature's, through the any-shape one.
+  video = tf.constant(np.random.RandomState(0).rand(1, 3, 6, 40, 48).astype(np.float32))
+
+  ops = _ops_run(model.signatures["serving_dynamic"], video)
+
+  fused = ops["_MklFusedBatchMatMulV2", ("Mul", "Add")]
+  plain = sum(n for (op, _), n in ops.items() if "BatchMatMul" in op) - fused
+  assert fused >= sum(SMALL_ARCH.depths) and fused == plain, ops
