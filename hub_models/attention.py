@@ -58,7 +58,7 @@ class WindowAttention(tf.Module):
     """
     tokens, features = shapes.sizes(x)[1], x.shape[2]
     head_dim = features // self.num_heads
-    dtype = self.compute_dtype
+    scale = tf.constant(self.scale, self.compute_dtype)
     qkv = self.qkv(tf.reshape(x, [-1, features]))
     qkv = tf.reshape(qkv, [-1, tokens, 3, self.num_heads, head_dim])
     # Head-major `[heads, B * nW, N, d]`, so that the bias broadcasts over windows as
@@ -69,9 +69,9 @@ class WindowAttention(tf.Module):
     if mask_factors is not None:
       # The matmul adds the mask through these extra columns, saving another such pass; the
       # queries' columns are divided by the scale the logits are multiplied by.
-      q = self._with_columns(q, mask_factors[0] / tf.constant(self.scale, dtype))
+      q = self._with_columns(q, mask_factors[0] / scale)
       k = self._with_columns(k, mask_factors[1])
-    attn = tf.matmul(q, k, transpose_b=True) * tf.constant(self.scale, dtype)
+    attn = tf.matmul(q, k, transpose_b=True) * scale
     attn = tf.nn.softmax(attn + self.relative_position_bias(bias_index, tokens))
     out = tf.matmul(attn, v)
     out = tf.reshape(tf.transpose(out, [1, 2, 0, 3]), [-1, tokens, features])
