@@ -1,8 +1,8 @@
 r"""Serving speed of our exported SavedModels against every peer and the matmul ceiling, in one run.
 
-  python -m benchmarks.serving_speed          # Swin-T and Swin-B, batch 1 and 2 (about 10 min here)
+  python -m benchmarks.serving_speed --repeats=3   # Swin-T and Swin-B, batch 1 and 2 (13 min here)
   python -m benchmarks.serving_speed --variants=swin_tiny_patch244_window877_kinetics400_1k \
-      --batch_sizes=1 --repeats=3             # Swin-T batch 1 only (about 1.5 min)
+      --batch_sizes=1 --repeats=3             # Swin-T batch 1 only (about 3 min)
   python -m benchmarks.serving_speed --batch_sizes=1,8     # on a GPU machine
 
 Times, on the same clips and with the same thread settings (`--threads` intra-op threads, one
