@@ -19,14 +19,15 @@ inter-op thread, OMP_NUM_THREADS alike), these implementations of one registered
     architecture and its own random weights, plus the mean pooling, in a `tf.function`, in float32
     and under the Keras `mixed_bfloat16` policy;
 
-and TensorFlow's 2048^3 float32 and bfloat16 matmul rates and the attention kernels of one call
-(`AttentionRunner`: per block, the fused `q k^T * scale + bias`, the softmax and the product with
-v, at the model's shapes, each one pass over the attention maps). The peers get their input
-normalised (keras-cv's also transposed to channels last) outside the timing, so they do slightly
-less timed work than ours. Every implementation (and the matmul and attention kernels) runs in its
-own worker process, started once: thread pools of several frameworks in one process disturb each
-other. The parent drives them over pipes one call at a time, in a rotating order each round, so all
-see the same machine state and never run at once.
+and TensorFlow's 2048^3 float32 and bfloat16 matmul rates and the compute kernels of one call
+(`KernelRunner`, at the model's shapes: the dense layers and the patch embedding's convolution;
+per block, the fused `q k^T * scale + bias`, the softmax and the product with v, each one pass
+over the attention maps; and the LayerNorms). The peers get their input normalised (keras-cv's
+also transposed to channels last) outside the timing, so they do slightly less timed work than
+ours. Every implementation (and the matmul and model kernels) runs in its own worker process,
+started once: thread pools of several frameworks in one process disturb each other. The parent
+drives them over pipes one call at a time, in a rotating order each round, so all see the same
+machine state and never run at once.
 
 Prints, per variant and batch size, one row per implementation: seconds per clip (median and min
 over `--repeats` rounds), the fraction of the ceiling (the floor for the clip's FLOPs at the matmul
@@ -39,13 +40,16 @@ multiply-accumulate) of torchvision's forward at batch 1, counted by
 `torch.utils.flop_counter.FlopCounterMode` (Swin-T at 32x224x224: 175.5 GFLOP, Swin-B 562.7, twice the published MACs);
 the softmax, LayerNorm and elementwise work is not counted, so the ceiling is a little optimistic.
 
-The two stock-TF bound rows are a floor for any TensorFlow graph of stock kernels, which must write
-and read the attention maps: the FLOPs outside the attention at the round's matmul rate plus the
-round's attention kernels (they leave out the LayerNorms, GELUs, window transposes and residual
-adds, so the real floor is higher). The lines under the table split the bound into its two parts
-and give the largest ratio to each peer that a model at the bound would reach. The attention
-matmuls' FLOPs from the kernels' shapes must equal torch's count of torchvision's batched matmuls,
-or the run stops with an error.
+The two stock-TF bound rows are a floor for any TensorFlow graph of stock kernels: per round, the
+sum of the model's compute kernels, each timed at the model's shapes back to back with nothing
+between them: every dense layer's matmul with its bias (and fc1's GELU, fused as in the model) and
+the patch embedding's Conv3D, the attention kernels (which any such graph must run, writing and
+reading the attention maps), and the LayerNorms' normalisation (statistics in the compute dtype, no
+affine step). Window partitions, pads, rolls, casts and residual adds are left out, so the real
+floor is higher. The lines under the table split the bound into its three parts and give the
+largest ratio to each peer that a model at the bound would reach. The kernels' matmul and
+convolution FLOPs, all of them and the attention's alone, must equal torch's counts for
+torchvision's forward, or the run stops with an error.
 
 An implementation that fails for a variant prints `failed: ...` in its row; the others go on.
 
@@ -284,16 +288,26 @@ class MatmulRunner:
             for dtype, count in self.counts.items()}
 
 
-class AttentionRunner:
-  """The attention kernels of one model call, in float32 and bfloat16, as stock TensorFlow runs
-  them: for every block, `softmax(q k^T * scale + bias) v` over head-major `[heads, B * nW, N, d]`
-  (on a CPU one oneDNN matmul with the scale and bias fused, a softmax and a matmul: each one pass
-  over the `[heads, B * nW, N, N]` maps, the fewest any graph of stock ops can make).
+class KernelRunner:
+  """The compute kernels of one model call, in float32 and bfloat16, each at the model's shapes
+  and as stock TensorFlow runs it, back to back with nothing between them (no window partitions,
+  pads, rolls, casts or residual adds). `run` times three parts:
 
-  The shift mask's extra columns are left out, so this is a little less than the model's work.
-  `prepare` gives the attention matmuls' FLOPs per clip (checked against torch's count); `run`
-  gives seconds per call of each dtype.
+    dense: every Dense layer's matmul with its bias (and the GELU, fused into fc1 as in the model)
+      and the patch embedding's Conv3D;
+    attention: per block `softmax(q k^T * scale + bias) v` over head-major `[heads, B * nW, N, d]`
+      (on a CPU one oneDNN matmul with the scale and bias fused, a softmax and a matmul: each one
+      pass over the `[heads, B * nW, N, N]` maps, the fewest any graph of stock ops can make);
+    layernorm: every LayerNorm's normalisation in the compute dtype, without the affine step
+      (which a graph could fold into the next dense layer): less work than any LayerNorm that
+      keeps float32 statistics.
+
+  The shift mask's extra columns are left out too, so every part is a little less than the
+  model's work. `prepare` gives the (all, attention) matmul and convolution FLOPs per clip, which
+  the caller checks against torch's counts; `run` gives {dtype: {part: seconds per call}}.
   """
+
+  PARTS = ("dense", "attention", "layernorm")
 
   def __init__(self, precision: str, threads: int):
     del precision
@@ -305,31 +319,70 @@ class AttentionRunner:
   def device(self) -> str:
     return _tf_device(self.tf)
 
-  def prepare(self, variant_name: str, input_size, batch: int) -> float:
+  def prepare(self, variant_name: str, input_size, batch: int) -> Tuple[float, float]:
     tf = self.tf
-    stages = _attention_shapes(_variant(variant_name).architecture, input_size, batch)
+    arch = _variant(variant_name).architecture
+    plan = _kernel_plan(arch, input_size, batch)
     rng = np.random.RandomState(0)
+    self.calls = {}
     for dtype in ("float32", "bfloat16"):
-      operands = []
-      for heads, windows, tokens, head_dim, depth in stages:
-        q, k, v = (tf.cast(rng.standard_normal([heads, windows, tokens, head_dim]), dtype)
-                   for _ in range(3))
-        bias = tf.cast(rng.standard_normal([heads, 1, tokens, tokens]), dtype)
-        operands.append((q, k, v, bias, tf.constant(head_dim ** -0.5, dtype), depth))
-      self.calls[dtype] = self._attention(operands)
-      self.calls[dtype]()
-    return sum(4.0 * windows * heads * tokens ** 2 * head_dim * depth
-               for heads, windows, tokens, head_dim, depth in stages) / batch
+      def tensor(shape, dtype=dtype):
+        return tf.cast(rng.standard_normal(shape) * 0.1, dtype)
+      self.calls[dtype] = {
+          "dense": self._dense(plan, tensor),
+          "attention": self._attention(plan, tensor),
+          "layernorm": self._layernorm(plan, tensor, arch.layer_norm_epsilon),
+      }
+      for call in self.calls[dtype].values():
+        call()
+    return _kernel_flops(plan, batch)
 
-  def _attention(self, operands):
+  def _dense(self, plan, tensor):
     tf = self.tf
+    embed_input = tensor(plan.embed_input)
+    embed_kernel, embed_bias = tensor(plan.embed_kernel), tensor(plan.embed_kernel[-1:])
+    # One set of weights per stage: each block gets another input (the last block's output), so
+    # no two blocks are the same computation (grappler would merge them).
+    stages = []
+    for s in plan.stages:
+      c, h = s.features, s.hidden
+      stages.append((s, tensor([s.padded, c]), tensor([s.grid, c]),
+                     [(tensor(shape), tensor(shape[-1:]))
+                      for shape in ([c, 3 * c], [c, c], [c, h], [h, c])],
+                     tensor([s.merged, 4 * c]) if s.merged else None,
+                     tensor([4 * c, 2 * c]) if s.merged else None))
+
+    @tf.function(autograph=False)
+    def dense():
+      total = [tf.nn.bias_add(tf.nn.conv3d(embed_input, embed_kernel, [1, *plan.patch, 1],
+                                           "VALID"), embed_bias)[0, 0, 0, 0, 0]]
+      for s, windows, tokens, weights, merge_input, reduction in stages:
+        (qkv, qkv_b), (proj, proj_b), (fc1, fc1_b), (fc2, fc2_b) = weights
+        for _ in range(s.depth):
+          total.append(tf.nn.bias_add(tf.matmul(windows, qkv), qkv_b)[0, 0])
+          windows = tf.nn.bias_add(tf.matmul(windows, proj), proj_b)
+          hidden = tf.nn.gelu(tf.nn.bias_add(tf.matmul(tokens, fc1), fc1_b), approximate=False)
+          tokens = tf.nn.bias_add(tf.matmul(hidden, fc2), fc2_b)
+        total += [windows[0, 0], tokens[0, 0]]
+        if merge_input is not None:
+          total.append(tf.matmul(merge_input, reduction)[0, 0])
+      return tf.add_n([tf.cast(t, tf.float32) for t in total])
+
+    return dense
+
+  def _attention(self, plan, tensor):
+    tf = self.tf
+    operands = []
+    for s in plan.stages:
+      q, k, v = (tensor([s.heads, s.windows, s.tokens, s.head_dim]) for _ in range(3))
+      bias = tensor([s.heads, 1, s.tokens, s.tokens])
+      operands.append((q, k, v, bias, tf.cast(s.head_dim ** -0.5, q.dtype), s.depth))
 
     @tf.function(autograph=False)
     def attention():
       total = []
       for q, k, v, bias, scale, depth in operands:
-        # Each block attends with the last one's output, so that no two blocks are the same
-        # computation (grappler would merge them).
+        # Each block attends with the last one's output, so that no two blocks are the same.
         for _ in range(depth):
           q = tf.matmul(tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + bias), v)
         total.append(tf.cast(q[0, 0, 0, 0], tf.float32))
@@ -337,30 +390,109 @@ class AttentionRunner:
 
     return attention
 
-  def run(self) -> Dict[str, float]:
+  def _layernorm(self, plan, tensor, epsilon: float):
+    tf = self.tf
+    inputs = [(tensor(shape), count) for shape, count in plan.norms]
+
+    @tf.function(autograph=False)
+    def layernorm():
+      total = []
+      for x, count in inputs:
+        for _ in range(count):
+          mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+          x = (x - mean) * tf.math.rsqrt(variance + epsilon)
+        total.append(tf.cast(x[0, 0], tf.float32))
+      return tf.add_n(total)
+
+    return layernorm
+
+  def run(self) -> Dict[str, Dict[str, float]]:
     seconds = {}
-    for dtype, attention in self.calls.items():
-      start = time.perf_counter()
-      attention().numpy()
-      seconds[dtype] = time.perf_counter() - start
+    for dtype, calls in self.calls.items():
+      seconds[dtype] = {}
+      for part, call in calls.items():
+        start = time.perf_counter()
+        call().numpy()
+        seconds[dtype][part] = time.perf_counter() - start
     return seconds
 
 
-def _attention_shapes(arch, input_size, batch: int) -> List[tuple]:
-  """(heads, B * nW, N, head dim, blocks) of each stage's window attention for `input_size` clips,
-  windows shrunk and grids padded as the model does."""
+@dataclasses.dataclass(frozen=True)
+class StageKernels:
+  """One stage's kernel shapes: `grid` tokens (B * D * H * W) of `features` channels, `padded`
+  tokens (the grid padded to whole windows, where qkv and proj run) in `windows` windows (B * nW)
+  of `tokens` (N), `heads` of `head_dim`, the MLP's `hidden` width, `depth` blocks and `merged`
+  tokens after the patch merging that ends the stage (0 for the last stage)."""
+  grid: int
+  padded: int
+  features: int
+  heads: int
+  windows: int
+  tokens: int
+  head_dim: int
+  hidden: int
+  depth: int
+  merged: int
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelPlan:
+  """The kernel shapes of one model call: the patch embedding's padded input, Conv3D kernel and
+  output (channels last), the stages, and each LayerNorm input shape with how many norms it has."""
+  patch: Tuple[int, int, int]
+  embed_input: Tuple[int, ...]
+  embed_kernel: Tuple[int, ...]
+  embed_output: Tuple[int, ...]
+  stages: Tuple[StageKernels, ...]
+  norms: Tuple[Tuple[Tuple[int, int], int], ...]
+
+
+def _kernel_flops(plan: KernelPlan, batch: int) -> Tuple[float, float]:
+  """(all, attention) matmul and convolution FLOPs per clip of `plan`'s kernels (2 per
+  multiply-accumulate, as torch counts)."""
+  attention = sum(4.0 * s.windows * s.heads * s.tokens ** 2 * s.head_dim * s.depth
+                  for s in plan.stages)
+  dense = 2.0 * np.prod(plan.embed_output[:-1]) * plan.embed_output[-1] * np.prod(
+      plan.embed_kernel[:-1])
+  for s in plan.stages:
+    # qkv and proj (3C + C outputs) over the padded windows; fc1 and fc2 over the grid's tokens.
+    dense += 2.0 * s.depth * (s.padded * s.features * 4 * s.features +
+                              s.grid * s.features * s.hidden * 2)
+    dense += 2.0 * s.merged * 4 * s.features * 2 * s.features
+  return (dense + attention) / batch, attention / batch
+
+
+def _kernel_plan(arch, input_size, batch: int) -> KernelPlan:
+  """The kernel shapes for `batch` clips of `input_size`, windows shrunk and grids padded as the
+  model does."""
   from video_swin_hub.hub_models import windows  # pylint: disable=import-outside-toplevel
   grid = [-(-size // patch) for size, patch in zip(input_size, arch.patch_size)]
+  embed_output = (batch, *grid, arch.embed_dim)
+  norms = [((batch * int(np.prod(grid)), arch.embed_dim), 1)]
   stages = []
   for i, (depth, heads) in enumerate(zip(arch.depths, arch.num_heads)):
+    features = arch.embed_dim * 2**i
     window, _ = windows.effective_window(grid, arch.window_size,
                                          [w // 2 for w in arch.window_size])
     padded = windows.padded_grid(grid, window)
-    num_windows = int(np.prod([p // w for p, w in zip(padded, window)]))
-    stages.append((heads, batch * num_windows, int(np.prod(window)),
-                   arch.embed_dim * 2**i // heads, depth))
-    grid = [grid[0], -(-grid[1] // 2), -(-grid[2] // 2)]
-  return stages
+    tokens = batch * int(np.prod(grid))
+    merged = 0
+    norms.append(((tokens, features), 2 * depth))
+    if i < len(arch.depths) - 1:
+      grid = [grid[0], -(-grid[1] // 2), -(-grid[2] // 2)]
+      merged = batch * int(np.prod(grid))
+      norms.append(((merged, 4 * features), 1))
+    stages.append(StageKernels(
+        grid=tokens, padded=batch * int(np.prod(padded)), features=features, heads=heads,
+        windows=batch * int(np.prod([p // w for p, w in zip(padded, window)])),
+        tokens=int(np.prod(window)), head_dim=features // heads,
+        hidden=int(features * arch.mlp_ratio), depth=depth, merged=merged))
+  norms.append(((stages[-1].grid, stages[-1].features), 1))
+  return KernelPlan(
+      patch=tuple(arch.patch_size),
+      embed_input=(batch, *[g * p for g, p in zip(embed_output[1:4], arch.patch_size)], 3),
+      embed_kernel=(*arch.patch_size, 3, arch.embed_dim),
+      embed_output=embed_output, stages=tuple(stages), norms=tuple(norms))
 
 
 def _variant(name: str) -> variants_lib.Variant:
@@ -534,10 +666,10 @@ class Row:
 
 
 def _measure(workers: Dict[str, Worker], active: Sequence[str], rows: Dict[str, Row],
-             rates: Dict[str, List[float]], attention: Dict[str, List[float]],
+             rates: Dict[str, List[float]], kernels: Dict[str, List[Dict[str, float]]],
              repeats: int) -> None:
   """Rounds of one call per active worker, in a rotating order, then one matmul measurement and
-  one call of the attention kernels."""
+  one call of each part of the model's kernels."""
   for round_index in range(repeats):
     shift = round_index % len(active)
     for key in list(active[shift:]) + list(active[:shift]):
@@ -549,23 +681,20 @@ def _measure(workers: Dict[str, Worker], active: Sequence[str], rows: Dict[str, 
         rows[key].failure = errors.one_line(error)
     for dtype, rate in workers["matmul"].call("run").items():
       rates[dtype].append(rate)
-    for dtype, seconds in workers["attention"].call("run").items():
-      attention[dtype].append(seconds)
+    for dtype, parts in workers["kernels"].call("run").items():
+      kernels[dtype].append(parts)
 
 
 def _print_table(title: str, rows: Sequence[Row], rates: Dict[str, List[float]],
-                 attention: Dict[str, List[float]], flops: Tuple[float, float],
+                 kernels: Dict[str, List[Dict[str, float]]], flops: Tuple[float, float],
                  batch: int) -> None:
   total, attention_flops = flops
-  dense = total - attention_flops
   ceiling = {dtype: Row(f"ceiling {dtype} ({statistics.median(r):.0f} GFLOP/s)", dtype,
                         [total / (rate * 1e9) for rate in r]) for dtype, r in rates.items()}
-  # Per round: the matmuls and convolutions outside the attention at that round's matmul rate,
-  # plus that round's attention kernels.
+  # Per round: the sum of that round's kernel parts, per clip.
   bound = {dtype: Row(f"stock-TF bound {dtype}", dtype,
-                      [dense / (rate * 1e9) + seconds / batch
-                       for rate, seconds in zip(rates[dtype], attention[dtype])])
-           for dtype in rates}
+                      [sum(parts.values()) / batch for parts in rounds])
+           for dtype, rounds in kernels.items()}
   ours = {row.precision: row for row in rows
           if row.label.startswith("ours") and row.seconds}
   print(f"\n== {title}, batch {batch}: {total / 1e9:.4g} GFLOP per clip, "
@@ -586,10 +715,13 @@ def _print_table(title: str, rows: Sequence[Row], rates: Dict[str, List[float]],
     for ours_row in ours.values():
       line += f"{row.median / ours_row.median:17.2f}x"
     print(line, flush=True)
-  for dtype, row in bound.items():
-    kernels = statistics.median(attention[dtype]) / batch
-    print(f"stock-TF bound {dtype}: {row.median - kernels:.3f} s of matmuls outside the "
-          f"attention at the ceiling + {kernels:.3f} s of attention kernels", flush=True)
+  for dtype, rounds in kernels.items():
+    part = {name: statistics.median(parts[name] for parts in rounds) / batch
+            for name in KernelRunner.PARTS}
+    # Three significant digits: a small model's LayerNorms take well under a millisecond.
+    print(f"stock-TF bound {dtype} (medians): {part['dense']:.3g} s of matmuls and convolution "
+          f"+ {part['attention']:.3g} s of attention kernels + {part['layernorm']:.3g} s of "
+          f"LayerNorms", flush=True)
   for peer in rows:
     if peer.label.startswith("ours") or peer.failure or not peer.seconds:
       continue
@@ -633,8 +765,7 @@ def _run(workdir: str) -> None:
       workers[impl.key] = Worker(impl.key, impl.runner, impl.precision,
                                  _worker_env(keras3=impl.runner == "KerasCvRunner"))
     workers["matmul"] = Worker("matmul", "MatmulRunner", "float32", _worker_env(keras3=False))
-    workers["attention"] = Worker("attention", "AttentionRunner", "float32",
-                                  _worker_env(keras3=False))
+    workers["kernels"] = Worker("kernels", "KernelRunner", "float32", _worker_env(keras3=False))
     # Made while the workers import their frameworks.
     references = _reference_checkpoints(chosen, input_size, workdir)
     started = {impl.key: Row(impl.label, impl.precision) for impl in implementations}
@@ -644,7 +775,7 @@ def _run(workdir: str) -> None:
       except BenchmarkError as error:
         row.failure = errors.one_line(error)
     workers["matmul"].receive()
-    workers["attention"].receive()
+    workers["kernels"].receive()
     devices = sorted(set(_call_all(workers, started, "device").values()) |
                      {workers["matmul"].call("device")})
     print(f"{_THREADS.value} threads, malloc {_MALLOC.value}, clips "
@@ -665,17 +796,19 @@ def _run(workdir: str) -> None:
           for key, got in features.items():
             if IMPLEMENTATIONS[key].same_weights:
               batch_rows[key].error = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-        attention_flops = workers["attention"].call("prepare", variant.name, input_size, batch)
-        if abs(attention_flops - flops[1]) > 1e-6 * flops[1]:
-          raise BenchmarkError(
-              f"{variant.name}: the attention kernels' shapes give {attention_flops:.6g} FLOPs "
-              f"per clip, torchvision's batched matmuls {flops[1]:.6g}")
+        kernel_flops = workers["kernels"].call("prepare", variant.name, input_size, batch)
+        for what, ours, torchs in zip(("all the matmuls and convolutions", "the attention"),
+                                      kernel_flops, flops):
+          if abs(ours - torchs) > 1e-6 * torchs:
+            raise BenchmarkError(
+                f"{variant.name}: the kernels' shapes give {ours:.6g} FLOPs per clip in "
+                f"{what}, torchvision's forward {torchs:.6g}")
         rates = {"float32": [], "bfloat16": []}
-        attention = {"float32": [], "bfloat16": []}
-        _measure(workers, list(batch_rows), batch_rows, rates, attention, _REPEATS.value)
+        kernels = {"float32": [], "bfloat16": []}
+        _measure(workers, list(batch_rows), batch_rows, rates, kernels, _REPEATS.value)
         for row in batch_rows.values():
           row.seconds = [s / batch for s in row.seconds]
-        _print_table(variant.name, list(batch_rows.values()), rates, attention, flops, batch)
+        _print_table(variant.name, list(batch_rows.values()), rates, kernels, flops, batch)
   finally:
     for worker in workers.values():
       worker.stop()
