@@ -18,6 +18,9 @@ inter-op thread, OMP_NUM_THREADS alike), these implementations of one registered
   keras-cv fp32 / keras-cv bf16: keras-cv 0.9's `VideoSwinBackbone` (Keras 3) with the same
     architecture and its own random weights, plus the mean pooling, in a `tf.function`, in float32
     and under the Keras `mixed_bfloat16` policy;
+  XLA jit of ours fp32 / bf16 (only when `--implementations` names xla_fp32 or xla_bf16): our
+    SavedModel's signature called inside `tf.function(jit_compile=True)`, XLA's kernels instead
+    of TensorFlow's (two more models in memory, so not by default);
 
 and TensorFlow's 2048^3 float32 and bfloat16 matmul rates and the compute kernels of one call
 (`KernelRunner`, at the model's shapes: the dense layers and the patch embedding's convolution;
@@ -101,12 +104,18 @@ class Implementation:
   precision: str
   # Whether it has the torchvision reference's weights, so that its features can be compared.
   same_weights: bool
+  # Whether `--implementations` names it by default.
+  by_default: bool = True
 
 
 IMPLEMENTATIONS: Dict[str, Implementation] = {
     impl.key: impl for impl in (
         Implementation("ours_fp32", "ours fp32", "OursRunner", "float32", True),
         Implementation("ours_bf16", "ours bf16", "OursRunner", "bfloat16", True),
+        Implementation("xla_fp32", "XLA jit of ours fp32", "OursXlaRunner", "float32", True,
+                       by_default=False),
+        Implementation("xla_bf16", "XLA jit of ours bf16", "OursXlaRunner", "bfloat16", True,
+                       by_default=False),
         Implementation("torch_fp32", "torchvision fp32", "TorchRunner", "float32", True),
         Implementation("torch_bf16", "torchvision bf16", "TorchRunner", "bfloat16", True),
         Implementation("kerascv_fp32", "keras-cv fp32", "KerasCvRunner", "float32", False),
@@ -128,8 +137,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per variant and batc
 _THREADS = flags.DEFINE_integer("threads", 2, "Intra-op threads of every framework.",
                                 lower_bound=1)
 _INPUT_SIZE = flags.DEFINE_list("input_size", None, "T,H,W of the clips. Default: 32,224,224.")
-_IMPLEMENTATIONS = flags.DEFINE_list("implementations", list(IMPLEMENTATIONS),
-                                     "Implementations to time.")
+_IMPLEMENTATIONS = flags.DEFINE_list(
+    "implementations", [key for key, impl in IMPLEMENTATIONS.items() if impl.by_default],
+    f"Implementations to time, of {', '.join(IMPLEMENTATIONS)}.")
 _MALLOC = flags.DEFINE_enum("malloc", "tuned", ["tuned", "default"],
                             "glibc malloc settings of the worker processes.")
 
@@ -157,7 +167,9 @@ class OursRunner:
         precision=published_models.PRECISIONS[self.precision])
     path = os.path.join(workdir, model.name)
     savedmodel.build_model(model, checkpoint).save(path)
-    self.serving = self.tf.saved_model.load(path).signatures["serving_default"]
+    # Held: a signature called from a new tf.function needs its loaded object's variables alive.
+    self.loaded = self.tf.saved_model.load(path)
+    self.serving = self.loaded.signatures["serving_default"]
     self.output_key = model.output.key
 
   def prepare(self, clip_path: str) -> np.ndarray:
@@ -166,6 +178,16 @@ class OursRunner:
 
   def run_once(self) -> np.ndarray:
     return self.serving(video=self.tf.constant(self.video))[self.output_key].numpy()
+
+
+class OursXlaRunner(OursRunner):
+  """`OursRunner`'s signature called inside `tf.function(jit_compile=True)`, as a user who
+  compiles the loaded model with XLA calls it: XLA's own kernels and fusions instead of TF's."""
+
+  def setup(self, variant_name: str, input_size, workdir: str, checkpoint: str) -> None:
+    super().setup(variant_name, input_size, workdir, checkpoint)
+    serving = self.serving
+    self.serving = self.tf.function(lambda video: serving(video=video), jit_compile=True)
 
 
 class TorchRunner:

@@ -31,13 +31,15 @@ def _row(label, error):
 def test_smoke_run_prints_every_row():
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.serving_speed", "--variants=test_small",
-       "--batch_sizes=1", "--input_size=4,32,32", "--repeats=1"],
+       "--batch_sizes=1", "--input_size=4,32,32", "--repeats=1",
+       f"--implementations={','.join(serving_speed.IMPLEMENTATIONS)}"],
       cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   assert "== test_small, batch 1:" in out, out
-  expected = {"ours fp32": True, "ours bf16": True, "torchvision fp32": True,
-              "torchvision bf16": True, "keras-cv fp32": False, "keras-cv bf16": False}
+  expected = {"ours fp32": True, "ours bf16": True, "XLA jit of ours fp32": True,
+              "XLA jit of ours bf16": True, "torchvision fp32": True, "torchvision bf16": True,
+              "keras-cv fp32": False, "keras-cv bf16": False}
   for label, has_error in expected.items():
     match = _row(label, has_error).search(out)
     assert match, f"no numeric row {label!r} in:\n{out}"
@@ -66,7 +68,8 @@ def test_smoke_run_prints_every_row():
     assert all(float(part) > 0 for part in parts.groups()), parts.group(0)
     # With one round the bound (printed to 3 decimals) is its three parts.
     assert abs(sum(map(float, parts.groups())) - float(row.group(1))) <= 0.002
-  for peer in ("torchvision fp32", "torchvision bf16", "keras-cv fp32", "keras-cv bf16"):
+  for peer in ("XLA jit of ours fp32", "XLA jit of ours bf16", "torchvision fp32",
+               "torchvision bf16", "keras-cv fp32", "keras-cv bf16"):
     assert re.search(rf"^with stock TF kernels at best {NUMBER}x in float32, {NUMBER}x in "
                      rf"bfloat16 faster than {re.escape(peer)}$", out, re.MULTILINE), out
 
