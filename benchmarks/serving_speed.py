@@ -315,8 +315,8 @@ class KernelRunner:
   and as stock TensorFlow runs it, back to back with nothing between them (no window partitions,
   pads, rolls, casts or residual adds). `run` times three parts:
 
-    dense: every Dense layer's matmul with its bias (and the GELU, fused into fc1 as in the model)
-      and the patch embedding's Conv3D;
+    dense: every Dense layer's matmul with its bias (and the GELU, fused into fc1 as in the model),
+      the patch mergings' reductions and the patch embedding's Conv3D;
     attention: per block `softmax(q k^T * scale + bias) v` over head-major `[heads, B * nW, N, d]`
       (on a CPU one oneDNN matmul with the scale and bias fused, a softmax and a matmul: each one
       pass over the `[heads, B * nW, N, N]` maps, the fewest any graph of stock ops can make);
@@ -346,7 +346,6 @@ class KernelRunner:
     arch = _variant(variant_name).architecture
     plan = _kernel_plan(arch, input_size, batch)
     rng = np.random.RandomState(0)
-    self.calls = {}
     for dtype in ("float32", "bfloat16"):
       def tensor(shape, dtype=dtype):
         return tf.cast(rng.standard_normal(shape) * 0.1, dtype)
@@ -371,14 +370,13 @@ class KernelRunner:
       stages.append((s, tensor([s.padded, c]), tensor([s.grid, c]),
                      [(tensor(shape), tensor(shape[-1:]))
                       for shape in ([c, 3 * c], [c, c], [c, h], [h, c])],
-                     tensor([s.merged, 4 * c]) if s.merged else None,
-                     tensor([4 * c, 2 * c]) if s.merged else None))
+                     (tensor([s.merged, 4 * c]), tensor([4 * c, 2 * c])) if s.merged else None))
 
     @tf.function(autograph=False)
     def dense():
       total = [tf.nn.bias_add(tf.nn.conv3d(embed_input, embed_kernel, [1, *plan.patch, 1],
                                            "VALID"), embed_bias)[0, 0, 0, 0, 0]]
-      for s, windows, tokens, weights, merge_input, reduction in stages:
+      for s, windows, tokens, weights, merge in stages:
         (qkv, qkv_b), (proj, proj_b), (fc1, fc1_b), (fc2, fc2_b) = weights
         for _ in range(s.depth):
           total.append(tf.nn.bias_add(tf.matmul(windows, qkv), qkv_b)[0, 0])
@@ -386,8 +384,8 @@ class KernelRunner:
           hidden = tf.nn.gelu(tf.nn.bias_add(tf.matmul(tokens, fc1), fc1_b), approximate=False)
           tokens = tf.nn.bias_add(tf.matmul(hidden, fc2), fc2_b)
         total += [windows[0, 0], tokens[0, 0]]
-        if merge_input is not None:
-          total.append(tf.matmul(merge_input, reduction)[0, 0])
+        if merge is not None:
+          total.append(tf.matmul(*merge)[0, 0])
       return tf.add_n([tf.cast(t, tf.float32) for t in total])
 
     return dense
@@ -497,15 +495,15 @@ def _kernel_plan(arch, input_size, batch: int) -> KernelPlan:
     window, _ = windows.effective_window(grid, arch.window_size,
                                          [w // 2 for w in arch.window_size])
     padded = windows.padded_grid(grid, window)
-    tokens = batch * int(np.prod(grid))
+    grid_tokens = batch * int(np.prod(grid))
     merged = 0
-    norms.append(((tokens, features), 2 * depth))
+    norms.append(((grid_tokens, features), 2 * depth))
     if i < len(arch.depths) - 1:
       grid = [grid[0], -(-grid[1] // 2), -(-grid[2] // 2)]
       merged = batch * int(np.prod(grid))
       norms.append(((merged, 4 * features), 1))
     stages.append(StageKernels(
-        grid=tokens, padded=batch * int(np.prod(padded)), features=features, heads=heads,
+        grid=grid_tokens, padded=batch * int(np.prod(padded)), features=features, heads=heads,
         windows=batch * int(np.prod([p // w for p, w in zip(padded, window)])),
         tokens=int(np.prod(window)), head_dim=features // heads,
         hidden=int(features * arch.mlp_ratio), depth=depth, merged=merged))
